@@ -1,0 +1,114 @@
+"""Result records: one JSON file per evaluated cell (backbone x task x protocol hash x seed), written atomically.
+
+Layout: {root}/{backbone}/{task}/{protocol_hash}-seed{seed}.json. Schema (version 1):
+  cell: {backbone, task, protocol_hash, seed}
+  metrics: {name: value}; main_metric: the name of the headline metric (percent for accuracies)
+  task_config: the fully resolved task config; backbone: {name, family, weights_id, resolution, params}
+  selection: how reported hyperparameters were chosen (rule, split, and every candidate's scores)
+  environment: {versions, git_revision, device}; wall_time_s, peak_memory_mb, throughput: {...}; created (UTC ISO)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from aimv2_eval.errors import UserError
+
+SCHEMA_VERSION = 1
+_PACKAGES = ("aimv2-eval", "torch", "torchvision", "timm", "open-clip-torch", "transformers", "numpy")
+
+
+def protocol_hash(config: dict[str, Any]) -> str:
+    """Short stable hash of a resolved config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
+
+
+def cell_path(root: Path, backbone: str, task: str, phash: str, seed: int) -> Path:
+    return Path(root) / safe_name(backbone) / safe_name(task) / f"{phash}-seed{seed}.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"versions": versions, "git_revision": git_revision(), "python": platform.python_version()}
+
+
+def new_record(backbone: str, task: str, phash: str, seed: int, **fields: Any) -> dict[str, Any]:
+    record = {
+        "schema": SCHEMA_VERSION,
+        "cell": {"backbone": backbone, "task": task, "protocol_hash": phash, "seed": seed},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+    }
+    record.update(fields)
+    return record
+
+
+def write_record(root: Path, record: dict[str, Any]) -> Path:
+    c = record["cell"]
+    return write_json_atomic(cell_path(root, c["backbone"], c["task"], c["protocol_hash"], c["seed"]), record)
+
+
+def load_records(root: Path) -> list[dict[str, Any]]:
+    """Every record under `root`; a file that is not a record fails with its path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"no records folder at {root}; run `aimv2-eval run ...` first or pass --records DIR")
+    records = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is not valid JSON ({exc}); delete it and rerun that cell") from None
+        if not isinstance(rec, dict) or "cell" not in rec or "metrics" not in rec:
+            continue  # other JSON (caches, reports) may live beside records
+        rec["_path"] = str(path)
+        records.append(rec)
+    return records
