@@ -198,7 +198,9 @@ def read_state_dict(path: Path) -> StateDict:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or truncated file, or a pickle that is not plain tensors
-        raise UserError(f"cannot read weights from {path} ({type(exc).__name__}: {exc}); re-download the file") from None
+        raise UserError(
+            f"cannot read weights from {path} ({type(exc).__name__}: {exc}); re-download the file"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -261,7 +263,9 @@ def read_checkpoint(source: str | Path) -> LoadedCheckpoint:
     src = str(source)
     path = resolve_hub(src) if _looks_like_hub_id(src) else Path(src).expanduser()
     if not path.exists():
-        raise UserError(f"checkpoint not found: {path}; pass a directory (config.json + model.safetensors), a file, or a hub id")
+        raise UserError(
+            f"checkpoint not found: {path}; pass a directory (config.json + model.safetensors), a file, or a hub id"
+        )
     config: dict = {}
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -295,7 +299,9 @@ def load_encoder(source: str | Path) -> tuple[AIMv2Encoder, LoadedCheckpoint]:
     return encoder.eval(), ckpt
 
 
-def save_encoder(encoder: AIMv2Encoder, directory: str | Path, scheme: str = "apple", extra: StateDict | None = None) -> Path:
+def save_encoder(
+    encoder: AIMv2Encoder, directory: str | Path, scheme: str = "apple", extra: StateDict | None = None
+) -> Path:
     """Write config.json + model.safetensors in `scheme`; written to temporary names first, then renamed."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

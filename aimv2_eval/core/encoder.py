@@ -135,9 +135,10 @@ class AIMv2Encoder(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-        w = self.preprocessor.patchifier.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.preprocessor.patchifier.proj.bias)
+        proj = self.preprocessor.patchifier.proj
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
         if self.preprocessor.pos_embed is not None:
             nn.init.normal_(self.preprocessor.pos_embed, std=0.02)
 

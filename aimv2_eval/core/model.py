@@ -72,6 +72,8 @@ class AIMv2(nn.Module):
         pixels, logits = self.decoder(feats, text_tokens if cfg.uses_text else None)
         zero = feats.new_zeros(())
         loss_img = image_loss(pixels, normalize_patches(patchify(images, p)), prefix_len) if cfg.uses_pixels else zero
-        loss_text = text_loss(logits, text_tokens, cfg.eot_id) if logits is not None else zero
+        loss_text = zero
+        if logits is not None and text_tokens is not None:
+            loss_text = text_loss(logits, text_tokens, cfg.eot_id)
         alpha = cfg.alpha if cfg.objective == "aimv2" else 1.0
         return {"loss": loss_text + alpha * loss_img, "loss_img": loss_img, "loss_text": loss_text}

@@ -16,7 +16,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ def new_record(backbone: str, task: str, phash: str, seed: int, **fields: Any) -
     record = {
         "schema": SCHEMA_VERSION,
         "cell": {"backbone": backbone, "task": task, "protocol_hash": phash, "seed": seed},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
     }
     record.update(fields)

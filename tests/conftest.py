@@ -1,0 +1,14 @@
+import os
+
+import pytest
+import torch
+
+# Tests never reach a model hub; loaders must answer from local files or fail clearly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
