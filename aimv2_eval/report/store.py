@@ -65,7 +65,9 @@ def git_revision() -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def environment() -> dict[str, Any]:
@@ -78,10 +80,10 @@ def environment() -> dict[str, Any]:
     return {"versions": versions, "git_revision": git_revision(), "python": platform.python_version()}
 
 
-def new_record(backbone: str, task: str, phash: str, seed: int, **fields: Any) -> dict[str, Any]:
+def new_record(backbone_name: str, task: str, phash: str, seed: int, **fields: Any) -> dict[str, Any]:
     record = {
         "schema": SCHEMA_VERSION,
-        "cell": {"backbone": backbone, "task": task, "protocol_hash": phash, "seed": seed},
+        "cell": {"backbone": backbone_name, "task": task, "protocol_hash": phash, "seed": seed},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
     }

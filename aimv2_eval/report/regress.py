@@ -1,0 +1,124 @@
+"""Regression checks: every measured cell that has a reference, its seed mean against the reference value.
+
+A cell passes when |measured - reference| <= tolerance. Both directions count: a number far above the paper or the
+pinned value (a label leak, evaluation on the training split) is as suspicious as one below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aimv2_eval.errors import UserError
+from aimv2_eval.report.leaderboard import Cell, measure
+from aimv2_eval.report.references import (
+    MIN_EMBEDDED_TOLERANCE,
+    SPREAD_SIGMAS,
+    Index,
+    Reference,
+    pinned_tolerance,
+    tolerance_for,
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    cell: Cell
+    reference: Reference
+    tolerance: float
+
+    @property
+    def delta(self) -> float:
+        return self.cell.mean - self.reference.value  # type: ignore[operator]
+
+    @property
+    def passed(self) -> bool:
+        # a hair of slack so that a value printed exactly at the tolerance passes despite float rounding
+        return abs(self.delta) <= self.tolerance + 1e-9
+
+    @property
+    def note(self) -> str:
+        pinned = self.reference.extra.get("protocol_hash", "")
+        if pinned and pinned != self.cell.protocol_hash:
+            return f"protocol {self.cell.protocol_hash} differs from pinned {pinned}"
+        return ""
+
+
+def compare(
+    records: Sequence[dict[str, Any]],
+    index: Index,
+    overall: float | None = None,
+    per_metric: dict[str, float] | None = None,
+) -> list[Check]:
+    """One check per measured (backbone, task, protocol, metric) that has a reference; every protocol is checked."""
+    checks = []
+    for cell in measure(records):
+        ref = index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
+        if ref is None or ref.value is None:
+            continue
+        checks.append(Check(cell, ref, tolerance_for(ref, overall, per_metric)))
+    return sorted(checks, key=lambda c: (c.cell.backbone, c.cell.task, c.cell.metric, c.cell.protocol_hash))
+
+
+def format_table(checks: Sequence[Check]) -> str:
+    header = ("status", "backbone", "task", "metric", "seeds", "measured", "reference", "delta", "tolerance", "source")
+    rows = []
+    for c in checks:
+        std = f" ± {c.cell.std:.2f}" if c.cell.std is not None else ""
+        source = "embedded" if c.reference.table == "embedded" else f"paper table {c.reference.table}"
+        rows.append((
+            "pass" if c.passed else "FAIL",
+            c.cell.backbone,
+            c.cell.task,
+            c.cell.metric if c.cell.metric == c.reference.metric else f"{c.cell.metric}->{c.reference.metric}",
+            str(c.cell.n),
+            f"{c.cell.mean:.2f}{std}",
+            f"{c.reference.value:g}",
+            f"{c.delta:+.2f}",
+            f"{c.tolerance:g}",
+            source + (f" ({c.note})" if c.note else ""),
+        ))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in (header, *rows)]
+    failed = sum(not c.passed for c in checks)
+    lines.append(f"{len(checks)} checked, {len(checks) - failed} passed, {failed} failed")
+    return "\n".join(lines)
+
+
+def pin_rows(
+    records: Sequence[dict[str, Any]],
+    setting: str = "",
+    min_seeds: int = 2,
+    sigmas: float = SPREAD_SIGMAS,
+    floor: float = MIN_EMBEDDED_TOLERANCE,
+) -> list[dict[str, str]]:
+    """Reference rows (EMBEDDED_COLUMNS) pinned from measured records: the headline metric of each
+    (backbone, task), its seed mean as the value and its seed spread as the tolerance (`pinned_tolerance`)."""
+    cells = [c for c in measure(records) if c.metric == c.main_metric]
+    rows: list[dict[str, str]] = []
+    seen: dict[tuple[str, str], str] = {}
+    for c in sorted(cells, key=lambda c: (c.backbone, c.task)):
+        key = (c.backbone, c.task)
+        if key in seen:
+            raise UserError(
+                f"{c.backbone} {c.task} was measured under two protocols ({seen[key]}, {c.protocol_hash}); "
+                "pin from a records folder that holds one run per seed"
+            )
+        seen[key] = c.protocol_hash
+        if c.n < min_seeds:
+            raise UserError(f"{c.backbone} {c.task}: {c.n} seed(s), pinning needs at least {min_seeds}")
+        rows.append({
+            "backbone": c.backbone,
+            "task": c.task,
+            "metric": c.metric,
+            "value": f"{c.mean:.2f}",
+            "tolerance": f"{pinned_tolerance(c.values, sigmas, floor):.2f}",
+            "table": "embedded",
+            "resolution": c.resolution,
+            "setting": setting,
+            "seeds": " ".join(str(s) for s in c.seeds),
+            "std": f"{c.std:.3f}",
+            "protocol_hash": c.protocol_hash,
+        })
+    return rows

@@ -1,0 +1,89 @@
+"""Pin references for the embedded tasks from the project's own measured runs (results/embedded/references.csv).
+
+    python scripts/pin_embedded_refs.py                         # run aimv2-tiny on the embedded probes, 5 seeds
+    python scripts/pin_embedded_refs.py --tasks digits_probe --seeds 0 1 2 --run-args "--epochs 5"
+    python scripts/pin_embedded_refs.py --from-records DIR      # pin from records that already exist
+
+Each (backbone, task) gets its headline metric's seed mean as the value and its seed spread as the tolerance
+(max(3 x std, range, 1 point): aimv2_eval/report/references.py). The run arguments are stored in the `setting`
+column so that tests/test_regress.py replays exactly the pinned protocol. Re-pin after a deliberate change of the
+tiny backbone, the embedded data or the probe protocol, and say why in the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from aimv2_eval.report import references, regress, store
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "results" / "embedded" / "references.csv"
+DEFAULT_TASKS = ("digits_probe", "scenes_probe")
+# The run command's option for its records folder, whichever of these names it uses.
+_RECORDS_OPTIONS = ("--records", "--out", "--output-dir", "--output", "--results")
+
+
+def records_option() -> str:
+    """The `aimv2-eval run` option that sets where records go, read from its own parser."""
+    from aimv2_eval.cli import build_parser
+
+    parser = build_parser(["run"])
+    run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    known = {s for action in run._actions for s in action.option_strings}
+    for option in _RECORDS_OPTIONS:
+        if option in known:
+            return option
+    raise SystemExit(f"`aimv2-eval run` has none of {_RECORDS_OPTIONS}; pass --records-option")
+
+
+def run_cells(backbone: str, tasks: list[str], seeds: list[int], run_args: str, records: Path, option: str) -> None:
+    from aimv2_eval.cli import main as cli
+
+    for task in tasks:
+        for seed in seeds:
+            argv = ["run", "--backbone", backbone, "--task", task, "--seed", str(seed), option, str(records)]
+            argv += shlex.split(run_args)
+            print("aimv2-eval", shlex.join(argv), flush=True)
+            rc = cli(argv)
+            if rc != 0:
+                raise SystemExit(f"aimv2-eval {shlex.join(argv)} exited {rc}; nothing was pinned")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="aimv2-tiny")
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--run-args", default="", help="extra `aimv2-eval run` arguments, stored with the references")
+    p.add_argument("--records", type=Path, help="keep the runs' records here (default: a temporary folder)")
+    p.add_argument("--records-option", help="the run command's records-folder option (default: read from it)")
+    p.add_argument("--from-records", type=Path, help="pin from existing records instead of running")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+
+    if args.from_records:
+        records = store.load_records(args.from_records)
+    else:
+        with tempfile.TemporaryDirectory(prefix="pin-") as tmp:
+            folder = args.records or Path(tmp)
+            run_cells(args.backbone, args.tasks, args.seeds, args.run_args, folder,
+                      args.records_option or records_option())
+            records = store.load_records(folder)
+        records = [r for r in records if r["cell"]["backbone"] == args.backbone and r["cell"]["task"] in args.tasks]
+    rows = regress.pin_rows(records, setting=args.run_args)
+    if not rows:
+        raise SystemExit("no records to pin")
+    references.write_csv(args.out, rows, references.EMBEDDED_COLUMNS)
+    for row in rows:
+        print(f"{row['backbone']} {row['task']} {row['metric']} = {row['value']} ± {row['tolerance']} "
+              f"(seeds {row['seeds']}, std {row['std']})")
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""`aimv2-eval regress`: pass just inside the tolerance, fail just outside, exit codes, pinned embedded references."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from aimv2_eval.cli import main as cli
+from aimv2_eval.report import references, regress, store
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_DIR = REPO / "results" / "paper"
+EMBEDDED = REPO / "results" / "embedded" / "references.csv"
+L224 = "aimv2-large-patch14-224"
+PAPER_IN1K = 86.6  # Table 3, AIMv2-L 224px, IN-1k (also read back from results/paper below)
+TOL = references.DEFAULT_TOLERANCE["top1"]
+
+
+def _write(root: Path, backbone: str, task: str, values: list[float], phash: str = "p1", metric: str = "top1",
+           res: int = 224) -> Path:
+    for seed, v in enumerate(values):
+        rec = store.new_record(backbone, task, phash, seed, metrics={metric: v, "loss": 0.1}, main_metric=metric)
+        rec["backbone"] = {"name": backbone, "resolution": res}
+        store.write_record(root, rec)
+    return root
+
+
+def _regress(records: Path, *extra: str) -> int:
+    return cli(["regress", "--records", str(records), "--references", str(PAPER_DIR), *extra])
+
+
+def test_reference_is_the_paper_value():
+    ref = references.Index(references.load([PAPER_DIR])).get(L224, "imagenet_probe", "top1")
+    assert ref.value == PAPER_IN1K and ref.tolerance == TOL and ref.table == "3"
+
+
+@pytest.mark.parametrize("sign", [-1, +1])
+def test_just_inside_passes_just_outside_fails(tmp_path, capsys, sign):
+    inside = _write(tmp_path / "in", L224, "imagenet_probe", [PAPER_IN1K + sign * (TOL - 0.01)])
+    outside = _write(tmp_path / "out", L224, "imagenet_probe", [PAPER_IN1K + sign * (TOL + 0.01)])
+    assert _regress(inside) == 0
+    assert "pass" in capsys.readouterr().out
+    assert _regress(outside) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and f"{sign * (TOL + 0.01):+.2f}" in out and "1 failed" in out
+
+
+def test_seed_mean_is_compared(tmp_path):
+    # one seed alone would fail (85.9), the mean of three (86.5) passes
+    assert _regress(_write(tmp_path / "r", L224, "imagenet_probe", [85.9, 86.8, 86.8])) == 0
+    checks = regress.compare(store.load_records(tmp_path / "r"), references.Index(references.load([PAPER_DIR])))
+    assert len(checks) == 1 and checks[0].cell.n == 3 and checks[0].delta == pytest.approx(-0.1)
+
+
+def test_any_failure_fails_the_run(tmp_path, capsys):
+    root = _write(tmp_path / "r", L224, "imagenet_probe", [86.5])
+    _write(root, L224, "cifar10_probe", [90.0])  # paper 99.1
+    assert _regress(root) == 1
+    assert "2 checked, 1 passed, 1 failed" in capsys.readouterr().out
+
+
+def test_tolerance_overrides(tmp_path):
+    root = _write(tmp_path / "r", L224, "imagenet_probe", [PAPER_IN1K - 0.4])
+    assert _regress(root) == 0
+    assert _regress(root, "--tolerance", "top1=0.3") == 1
+    assert _regress(root, "--tolerance", "0.3") == 1
+    assert _regress(root, "--tolerance", "0.3", "--tolerance", "top1=0.45") == 0  # per-metric beats overall
+
+
+@pytest.mark.parametrize("bad", ["abc", "top1=x", "-1"])
+def test_bad_tolerance_is_a_user_error(tmp_path, capsys, bad):
+    root = _write(tmp_path / "r", L224, "imagenet_probe", [86.6])
+    assert _regress(root, f"--tolerance={bad}") == 2
+    assert "--tolerance" in capsys.readouterr().err
+
+
+def test_headline_metric_under_another_name_matches(tmp_path):
+    # a plugin that names top-1 'accuracy' is still compared with the task's only paper metric
+    root = _write(tmp_path / "r", L224, "imagenet_probe", [80.0], metric="accuracy")
+    assert _regress(root) == 1
+
+
+def test_released_lit_checkpoint_is_compared_with_table5(tmp_path, capsys):
+    root = _write(tmp_path / "r", "aimv2-large-patch14-224-lit", "imagenet_zeroshot", [76.8])
+    assert _regress(root) == 0
+    assert "paper table 5" in capsys.readouterr().out
+
+
+def test_ablation_rows_that_disagree_are_never_matched(tmp_path, capsys):
+    # Table 9a has two 'Cap ViT-L' IN-1k cells (prefix vs bidirectional attention): ambiguous, so not compared
+    index = references.Index(references.load([PAPER_DIR]))
+    assert ("Cap ViT-L", "imagenet_probe", "top1") in index.ambiguous
+    assert index.get("Cap ViT-L", "imagenet_probe", "top1") is None
+
+
+def test_nothing_to_compare_is_an_error(tmp_path, capsys):
+    root = _write(tmp_path / "r", "my-encoder", "imagenet_probe", [80.0])
+    assert _regress(root) == 2
+    assert "nothing was checked" in capsys.readouterr().err
+
+
+def test_pinned_rows_from_seed_spread():
+    recs = []
+    for seed, v in enumerate([90.0, 92.0, 94.0]):
+        rec = store.new_record("aimv2-tiny", "digits_probe", "h", seed, metrics={"top1": v, "top5": 100.0},
+                               main_metric="top1")
+        rec["backbone"] = {"resolution": 112}
+        recs.append(rec)
+    (row,) = regress.pin_rows(recs, setting="--epochs 3")
+    assert row["value"] == "92.00" and row["metric"] == "top1"  # headline metric only
+    assert float(row["tolerance"]) == pytest.approx(6.0)  # 3 x std (2.0) > range (4.0) > floor
+    assert row["seeds"] == "0 1 2" and row["setting"] == "--epochs 3" and row["protocol_hash"] == "h"
+    assert references.pinned_tolerance([50.0, 50.0]) == references.MIN_EMBEDDED_TOLERANCE
+    with pytest.raises(Exception, match="at least 2"):
+        regress.pin_rows(recs[:1])
+    other = store.new_record("aimv2-tiny", "digits_probe", "other", 5, metrics={"top1": 1.0}, main_metric="top1")
+    with pytest.raises(Exception, match="two protocols"):
+        regress.pin_rows([*recs, other])
+
+
+def _pin_script():
+    spec = importlib.util.spec_from_file_location("pin_embedded_refs", REPO / "scripts" / "pin_embedded_refs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pin_script_on_synthetic_records(tmp_path, capsys):
+    pinned = _write(tmp_path / "pinned", "aimv2-tiny", "digits_probe", [80.0, 81.0, 82.0], phash="h", res=112)
+    out = tmp_path / "embedded" / "references.csv"
+    assert _pin_script().main(["--from-records", str(pinned), "--out", str(out)]) == 0
+    with out.open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert tuple(row) == references.EMBEDDED_COLUMNS
+    assert row["value"] == "81.00" and float(row["tolerance"]) == pytest.approx(3.0)
+    refs = references.load([out])
+    assert refs[0].table == "embedded" and refs[0].extra["protocol_hash"] == "h"
+    ok = _write(tmp_path / "ok", "aimv2-tiny", "digits_probe", [83.5], phash="h", res=112)
+    broken = _write(tmp_path / "broken", "aimv2-tiny", "digits_probe", [10.0], phash="h", res=112)
+    capsys.readouterr()
+    assert cli(["regress", "--records", str(ok), "--references", str(out)]) == 0
+    assert "embedded" in capsys.readouterr().out
+    assert cli(["regress", "--records", str(broken), "--references", str(out)]) == 1
+
+
+def _pinned() -> list[references.Reference]:
+    return references.load([EMBEDDED]) if EMBEDDED.is_file() else []
+
+
+def _run_pinned(ref: references.Reference, records: Path) -> None:
+    pin = _pin_script()
+    seed = int(ref.extra.get("seeds", "0").split()[0])
+    pin.run_cells(ref.backbone, [ref.task], [seed], ref.setting, records, pin.records_option())
+
+
+@pytest.mark.parametrize("ref", _pinned() or [None], ids=lambda r: f"{r.backbone}-{r.task}" if r else "unpinned")
+def test_embedded_pipeline_matches_pinned_reference(ref, tmp_path, capsys):
+    """The real `aimv2-eval run` on each pinned embedded cell lands within its seed spread."""
+    if ref is None:
+        pytest.skip(f"{EMBEDDED} not pinned yet: run scripts/pin_embedded_refs.py")
+    _run_pinned(ref, tmp_path / "records")
+    capsys.readouterr()
+    rc = cli(["regress", "--records", str(tmp_path / "records"), "--references", str(EMBEDDED)])
+    assert rc == 0, capsys.readouterr().out
+
+
+def test_embedded_regression_catches_shuffled_labels(tmp_path, monkeypatch, capsys):
+    """The same run with the digits labels shuffled across images fails the pinned reference."""
+    digits = [r for r in _pinned() if r.task == "digits_probe"]
+    if not digits:
+        pytest.skip(f"digits_probe is not pinned in {EMBEDDED}: run scripts/pin_embedded_refs.py")
+    import numpy as np
+    import sklearn.datasets
+
+    real = sklearn.datasets.load_digits
+
+    def shuffled(*args, **kwargs):
+        data = real(*args, **kwargs)
+        data.target = np.random.default_rng(0).permutation(data.target)
+        return data
+
+    monkeypatch.setattr(sklearn.datasets, "load_digits", shuffled)  # the digits source reads it at call time
+    _run_pinned(digits[0], tmp_path / "records")
+    capsys.readouterr()
+    assert cli(["regress", "--records", str(tmp_path / "records"), "--references", str(EMBEDDED)]) == 1
+    assert "FAIL" in capsys.readouterr().out
