@@ -84,3 +84,20 @@ def test_hub_id_resolves_from_the_cache(tmp_path, monkeypatch, encoder):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
     loaded, ckpt = load_encoder("apple/aimv2-test")
     assert loaded.cfg == encoder.cfg
+
+
+def test_sharded_safetensors_directory(tmp_path, encoder):
+    from safetensors.torch import save_file
+
+    sd = encoder.state_dict()
+    keys = sorted(sd)
+    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    for name, part in halves.items():
+        save_file({k: sd[k].contiguous() for k in part}, str(tmp_path / name))
+    weight_map = {k: name for name, part in halves.items() for k in part}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "image_size": 56}))
+    loaded, _ = load_encoder(tmp_path)
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), encoder(x))

@@ -27,7 +27,7 @@ from aimv2_eval.core.variants import HEADS_BY_WIDTH
 from aimv2_eval.errors import UserError
 
 SCHEMES = ("apple", "hf", "timm")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "model.pt", "model.pth")
 StateDict = dict[str, torch.Tensor]
 
 
@@ -193,6 +193,8 @@ def read_state_dict(path: Path) -> StateDict:
     """Read weights: safetensors, or a torch pickle through `weights_only=True`. Bad files raise UserError."""
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
+    if path.name.endswith(".index.json"):  # sharded safetensors (the 1B / 3B hub repos)
+        return read_sharded(path)
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
@@ -207,6 +209,18 @@ def read_state_dict(path: Path) -> StateDict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} does not hold a state dict of tensors")
     return obj
+
+
+def read_sharded(index: Path) -> StateDict:
+    """Merge the shards listed in a `*.index.json` weight map."""
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise UserError(f"{index} is not a safetensors index ({exc}); re-download the checkpoint") from None
+    merged: StateDict = {}
+    for shard in shards:
+        merged.update(read_state_dict(index.parent / shard))
+    return merged
 
 
 def file_checksum(path: Path, limit: int | None = None) -> str:

@@ -1,0 +1,208 @@
+"""AIMv2 through the project's own core: every released checkpoint, short aliases, and the project's tiny AIMv2.
+
+Released names and hub ids follow Apple's Hugging Face repos (apple/<name>); sizes come from Table 1
+(../shared/paper/tables/table1_model_family.csv) through `aimv2_eval.core.variants.encoder_config`.
+Preprocessing: the hub's preprocessor_config.json when the snapshot has one; otherwise what the hub and timm publish,
+i.e. shortest-edge resize to the input size (bicubic), centre crop, OpenAI CLIP mean/std; the native-resolution
+checkpoint takes the image as it is (no resize, no crop; trimmed to a multiple of 14).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from aimv2_eval.backbones.base import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Anatomy,
+    Backbone,
+    BackboneMeta,
+    BackboneSpec,
+    Preprocess,
+    TokenOutput,
+    hf_cached,
+    layer_indices,
+    register,
+    weights_checksum,
+)
+from aimv2_eval.core.checkpoints import infer_config, load_encoder, read_checkpoint
+from aimv2_eval.core.encoder import AIMv2Encoder, EncoderConfig
+from aimv2_eval.core.variants import encoder_config
+from aimv2_eval.errors import UserError
+
+TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "aimv2-tiny"
+TINY_BUILD = "aimv2-eval pretrain --config configs/pretrain/tiny.yaml"
+HUB_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+class AIMv2Backbone(Backbone):
+    """An `AIMv2Encoder` behind the contract: no prefix tokens, final RMSNorm, learned positions resized bicubically
+    (or sin-cos computed) for any input size."""
+
+    def __init__(self, encoder: AIMv2Encoder, name: str, preprocess: Preprocess, weights_id: str = "random") -> None:
+        super().__init__()
+        cfg = encoder.cfg
+        self.encoder = encoder
+        self.preprocess = preprocess
+        self.weights_id = weights_id
+        self.meta = BackboneMeta(
+            name=name,
+            family="aimv2",
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            patch_size=cfg.patch_size,
+            image_size=cfg.image_size,
+            any_resolution=cfg.pos_embed == "sincos",
+            num_prefix_tokens=0,
+        )
+
+    def tokens(self, images: torch.Tensor, layers: Sequence[int] | None = None) -> TokenOutput:
+        images = self.check_images(images)
+        idx = layer_indices(layers, self.meta.depth)
+        x, inter, grid = self.encoder.forward_features(images, layers=idx or None)
+        return TokenOutput(tokens=x, grid=grid, prefix=None, layers=inter)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patches + positions for any input size (edges trimmed to a multiple of the patch size)."""
+        return self.encoder.preprocessor(self.check_images(images))
+
+    def anatomy(self) -> Anatomy:
+        trunk = self.encoder.trunk
+        return Anatomy(self.embed, list(trunk.blocks), trunk.post_trunk_norm, num_prefix_tokens=0)
+
+
+def aimv2_preprocess(cfg: EncoderConfig, folder: Path | None = None) -> Preprocess:
+    """Preprocessing from a checkpoint folder's preprocessor_config.json, else the published defaults."""
+    native = cfg.pos_embed == "sincos"
+    if native:
+        default = Preprocess(cfg.image_size, resize=None, crop=False, multiple_of=cfg.patch_size)
+    else:
+        default = Preprocess(cfg.image_size, resize=cfg.image_size, crop=True)
+    path = folder / "preprocessor_config.json" if folder else None
+    if path is None or not path.is_file():
+        return default
+    pc = json.loads(path.read_text())
+    size = pc.get("size") or {}
+    crop = pc.get("crop_size") or {}
+    resize = size.get("shortest_edge") if isinstance(size, dict) else size
+    crop_size = crop.get("height") if isinstance(crop, dict) else crop
+    do_resize = pc.get("do_resize", resize is not None) and resize is not None
+    do_crop = pc.get("do_center_crop", crop_size is not None) and crop_size is not None
+    return Preprocess(
+        image_size=int(crop_size or resize or cfg.image_size),
+        resize=int(resize) if do_resize and resize is not None else None,
+        crop=bool(do_crop),
+        interpolation=_PIL_RESAMPLE.get(pc.get("resample", 3), "bicubic"),
+        mean=tuple(pc.get("image_mean", OPENAI_CLIP_MEAN)),
+        std=tuple(pc.get("image_std", OPENAI_CLIP_STD)),
+        multiple_of=1 if do_crop else cfg.patch_size,
+    )
+
+
+def backbone_from_source(name: str, source: str | Path) -> AIMv2Backbone:
+    """Load AIMv2 weights (a directory, a file or a hub id, any key scheme) as a backbone."""
+    encoder, ckpt = load_encoder(source)
+    pre = aimv2_preprocess(encoder.cfg, ckpt.weights_path.parent)
+    return AIMv2Backbone(encoder, name, pre, weights_checksum(ckpt.weights_path))
+
+
+def random_from_source(name: str, source: str | Path) -> AIMv2Backbone:
+    """The architecture of a checkpoint with random weights (reads the file only to infer the config)."""
+    ckpt = read_checkpoint(source)
+    cfg = infer_config(ckpt.encoder_state, ckpt.config)
+    return AIMv2Backbone(AIMv2Encoder(cfg), name, aimv2_preprocess(cfg))
+
+
+# ---------------------------------------------------------------- released checkpoints
+@dataclass(frozen=True)
+class Release:
+    name: str  # Apple's repo name, hub id apple/<name>
+    size: str  # large / huge / 1B / 3B (Table 1)
+    resolution: int
+    native: bool = False
+
+    @property
+    def hub_id(self) -> str:
+        return f"apple/{self.name}"
+
+
+def _releases() -> list[Release]:
+    out = [Release(f"aimv2-{s}-patch14-{r}", s, r) for s in ("large", "huge", "1B", "3B") for r in (224, 336, 448)]
+    out += [Release(f"aimv2-large-patch14-{r}-distilled", "large", r) for r in (224, 336)]
+    out.append(Release("aimv2-large-patch14-native", "large", 224, native=True))
+    out.append(Release("aimv2-large-patch14-224-lit", "large", 224))  # its image tower; the text tower is dropped
+    return out
+
+
+def _aliases(rel: Release) -> tuple[str, ...]:
+    short = {"large": "l", "huge": "h", "1B": "1b", "3B": "3b"}[rel.size]
+    base = f"aimv2-{short}"
+    suffix = rel.name.split("patch14-", 1)[1]  # 224, 336-distilled, native, 224-lit
+    if suffix == "224":
+        return (base, f"{base}-224")
+    if suffix.startswith("224-"):
+        return (f"{base}-{suffix[4:]}",)
+    return (f"{base}-{suffix}",)
+
+
+def _build_release(rel: Release, pretrained: bool = True, weights: str | None = None) -> AIMv2Backbone:
+    if not pretrained:
+        cfg = encoder_config(rel.size, image_size=rel.resolution, native=rel.native)
+        return AIMv2Backbone(AIMv2Encoder(cfg), rel.name, aimv2_preprocess(cfg))
+    return backbone_from_source(rel.name, weights or rel.hub_id)
+
+
+def _release_present(rel: Release) -> bool:
+    return hf_cached(rel.hub_id, HUB_WEIGHT_FILES) is not None
+
+
+for _rel in _releases():
+    register(
+        BackboneSpec(
+            name=_rel.name,
+            family="aimv2",
+            resolution=_rel.resolution,
+            build=partial(_build_release, _rel),
+            source=_rel.hub_id,
+            weights_present=partial(_release_present, _rel),
+            aliases=_aliases(_rel),
+            description="AIMv2 " + ("native resolution" if _rel.native else f"{_rel.size} {_rel.resolution}px"),
+        )
+    )
+
+
+# ---------------------------------------------------------------- the project's tiny AIMv2
+def _tiny_present() -> bool:
+    return (TINY_DIR / "config.json").is_file() and (TINY_DIR / "model.safetensors").is_file()
+
+
+def _build_tiny(pretrained: bool = True, weights: str | None = None) -> AIMv2Backbone:
+    if not pretrained:
+        cfg = encoder_config("tiny")
+        return AIMv2Backbone(AIMv2Encoder(cfg), "aimv2-tiny", aimv2_preprocess(cfg))
+    if weights is None and not _tiny_present():
+        raise UserError(
+            f"the tiny AIMv2 is not built yet (no config.json + model.safetensors in {TINY_DIR}); "
+            f"run `{TINY_BUILD}`"
+        )
+    return backbone_from_source("aimv2-tiny", weights or TINY_DIR)
+
+
+register(
+    BackboneSpec(
+        name="aimv2-tiny",
+        family="aimv2",
+        resolution=encoder_config("tiny").image_size,
+        build=_build_tiny,
+        source=str(TINY_DIR),
+        weights_present=_tiny_present,
+        description="the project's tiny AIMv2, pretrained by its own core",
+    )
+)

@@ -1,0 +1,65 @@
+"""`aimv2-eval list backbones|tasks|plugins [PATTERN]`: what the harness knows, filtered by a glob pattern."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+KINDS = ("backbones", "tasks", "plugins")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=KINDS, help="what to list")
+    parser.add_argument("pattern", nargs="?", default=None, help="glob pattern on names, e.g. 'aimv2-*' or '*siglip*'")
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _backbones(pattern: str | None) -> list[dict]:
+    from aimv2_eval.backbones import backbone_rows
+
+    rows = backbone_rows(pattern)
+    for r in rows:
+        r["params"] = _params(r["params"])
+        r["weights"] = "yes" if r["weights"] else "no"
+    return rows
+
+
+def _other(kind: str, pattern: str | None) -> list[dict] | None:
+    """Rows from the task / plugin registries, whose modules other parts of the project provide."""
+    module, func = {"tasks": ("aimv2_eval.tasks", "task_rows"), "plugins": ("aimv2_eval.plugins", "plugin_rows")}[kind]
+    try:
+        rows_fn = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError):
+        return None
+    return list(rows_fn(pattern))
+
+
+def main(args: argparse.Namespace) -> int:
+    rows: list[dict] | None
+    if args.kind == "backbones":
+        rows = _backbones(args.pattern)
+        columns = ["name", "family", "params", "resolution", "weights", "aliases"]
+    else:
+        rows = _other(args.kind, args.pattern)
+        if rows is None:
+            print(f"no {args.kind} yet: this installation has no {args.kind} registry")
+            return 0
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    if not rows:
+        print(f"no {args.kind} match {args.pattern!r}")
+        return 1
+    print(_table(rows, columns))
+    return 0
