@@ -1,0 +1,126 @@
+"""`aimv2-eval run --backbone NAME --task NAME`: evaluate one cell and write its result record.
+
+One record per cell (backbone x task x protocol hash x seed) under --out, written atomically; an existing cell is
+skipped unless --overwrite; --resume continues an interrupted run from its last completed epoch. The same command
+under `torchrun --nproc_per_node N` trains with DistributedDataParallel on sharded data; rank 0 writes the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_CACHE = Path(os.environ.get("AIMV2_EVAL_CACHE", "~/.cache/aimv2-eval")).expanduser() / "features"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", required=True, help="backbone name (`aimv2-eval list backbones`)")
+    parser.add_argument("--task", required=True, help="task name (`aimv2-eval list tasks`) or a task YAML file")
+    parser.add_argument("--weights", help="weights source replacing the backbone's default (directory, file or hub id)")
+    parser.add_argument("--random-init", action="store_true", help="random backbone weights (a baseline)")
+    parser.add_argument("--epochs", type=int, help="override the task's number of epochs")
+    parser.add_argument("--batch-size", type=int, help="override the task's global batch size")
+    parser.add_argument("--limit", type=int, help="use at most this many samples per split")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast precision of the frozen backbone (default: fp32)")
+    parser.add_argument("--out", type=Path, default=Path("records"), help="records folder (default: records/)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="rerun a cell whose record exists")
+    parser.add_argument("--resume", action="store_true", help="continue from the last completed epoch")
+    parser.add_argument("--tasks-dir", action="append", default=[], type=Path, help="extra folder of task YAMLs")
+    parser.add_argument("--feature-cache", nargs="?", const=DEFAULT_CACHE, type=Path, metavar="DIR",
+                        help=f"cache frozen tokens on disk and train without augmentation (default DIR: {DEFAULT_CACHE})")
+    parser.add_argument("--data-root", type=Path, help="folder with local dataset copies (default: $AIMV2_EVAL_DATA or ~/data)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    out = {"host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        out["device_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    from aimv2_eval.backbones import create_backbone, get_spec
+    from aimv2_eval.launch.distributed import init_distributed, shutdown
+    from aimv2_eval.plugins import RunOptions, get_plugin
+    from aimv2_eval.report.store import cell_path, new_record, protocol_hash, write_record
+    from aimv2_eval.tasks import load_task
+
+    start = time.perf_counter()
+    task = load_task(args.task, args.tasks_dir)  # bad names fail before anything heavy
+    plugin = get_plugin(task.plugin)
+    spec = get_spec(args.backbone)
+    cell_backbone = spec.name + ("-random" if args.random_init else "")
+    options = RunOptions(
+        epochs=args.epochs, batch_size=args.batch_size, limit=args.limit, precision=args.precision, seed=args.seed,
+        feature_cache=args.feature_cache, resume=args.resume, data_root=args.data_root, workers=args.workers,
+        progress=not args.no_progress,
+    )
+    protocol = plugin.resolve(task, options, spec)
+    phash = protocol_hash({"task": task.name, "version": task.version, "data": task.data, "protocol": protocol,
+                           "weights": args.weights, "pretrained": not args.random_init})
+    path = cell_path(args.out, cell_backbone, task.name, phash, args.seed)
+    if path.exists() and not args.overwrite:
+        print(f"skip {cell_backbone} x {task.name}: {path} exists (--overwrite to rerun)")
+        return 0
+    options.checkpoint = path.with_suffix(".ckpt")
+    if options.checkpoint.exists() and not args.resume:
+        print(f"note: {options.checkpoint} holds an interrupted run; starting over (--resume continues it)", file=sys.stderr)
+
+    ctx = init_distributed(args.device)
+    try:
+        if ctx.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+        torch.manual_seed(args.seed)
+        data = plugin.load_data(task, protocol, options)  # missing data fails before a big backbone loads
+        backbone = create_backbone(spec.name, pretrained=not args.random_init, weights=args.weights)
+        result = plugin.run(backbone, task, protocol, data, options, ctx)
+        if not ctx.is_main:
+            return 0
+        task_config = task.to_dict() | {"resolved_protocol": protocol}
+        record = new_record(
+            cell_backbone, task.name, phash, args.seed,
+            metrics=result.metrics,
+            main_metric=result.main_metric,
+            task_config=task_config,
+            selection=result.selection,
+            throughput=result.throughput,
+            details=result.details,
+            wall_time_s=round(time.perf_counter() - start, 2),
+            peak_memory_mb=peak_memory_mb(ctx.device),
+        )
+        record["backbone"] = _backbone_info(backbone, spec, args)  # new_record's own `backbone` is the cell's name
+        record["environment"]["device"] = str(ctx.device)
+        record["environment"]["world_size"] = ctx.world_size
+        written = write_record(args.out, record)
+        options.checkpoint.unlink(missing_ok=True)
+        main_value = result.metrics[result.main_metric]
+        chosen = result.selection.get("chosen", {})
+        print(f"{cell_backbone} x {task.name}: {result.main_metric} {main_value:.2f} "
+              f"(head lr={chosen.get('lr')} wd={chosen.get('wd')}, chosen on {result.selection.get('split')}) -> {written}")
+        return 0
+    finally:
+        shutdown()
+
+
+def _backbone_info(backbone: Any, spec: Any, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "name": backbone.meta.name,
+        "family": backbone.meta.family,
+        "weights_id": backbone.weights_id,
+        "pretrained": not args.random_init,
+        "weights_source": args.weights or spec.source,
+        "resolution": backbone.meta.image_size,
+        "params": backbone.num_params,
+    }

@@ -1,0 +1,1 @@
+"""Data: image-caption sources for pretraining, the embedded procedural scenes, caption tokenizers."""

@@ -1,0 +1,623 @@
+"""Attentive probing of a frozen backbone (paper Section 4.1; Tables 3, A2, B1, B2).
+
+The probe (AIM's, after Yu et al. [129]) reads the last layer's patch tokens: BatchNorm over channels without affine,
+one learned query, key and value projections, multi-head attention pooling, a linear classifier.
+
+The whole lr x wd grid of Table A2 trains at once: each batch goes through the frozen backbone once and feeds every
+head; each head has its own AdamW parameter group, its own gradient clipping and the same initial weights, so head g
+is exactly the run one would get training that configuration alone. The reported head is chosen on a validation
+split held out from the training data; the record keeps the rule and every head's scores.
+
+Attention pooling is computed in an associative order that avoids projecting every token: with no key bias,
+q . (W_k x) = (W_k^T q) . x, and since the attention weights sum to one, sum_n a_n W_v x_n = W_v (sum_n a_n x_n).
+Same function, same gradients, but O(B N D heads) instead of O(B N D^2) per grid head, which is what makes 14
+heads cost about as much as one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from aimv2_eval.data.sources import LabelledImages, limit, open_split, stratified_holdout
+from aimv2_eval.errors import UserError
+from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, barrier, broadcast_object, shard
+from aimv2_eval.metrics import TOPK, topk_correct
+from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
+
+CACHE_FORMAT = 1
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---------------------------------------------------------------- the probe
+class ChannelNorm(nn.Module):
+    """BatchNorm1d over the channels of (B, N, D) tokens without affine parameters, synchronised across ranks.
+
+    The tokens come from a frozen backbone, so no gradient flows through the batch statistics: syncing them is one
+    all-reduce of (count, mean, M2), and a sharded batch is normalised exactly like the whole batch.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+        self.ctx = DistContext()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return (x - self.running_mean) / torch.sqrt(self.running_var + self.eps)
+        with torch.no_grad():
+            flat = x.detach().reshape(-1, x.shape[-1]).double()
+            count = torch.tensor([float(flat.shape[0])], dtype=torch.float64, device=x.device)
+            total = flat.sum(0)
+            all_reduce_sum(count, self.ctx)
+            all_reduce_sum(total, self.ctx)
+            if count.item() < 2:
+                raise UserError("a training batch needs at least two tokens for BatchNorm; raise --batch-size")
+            mean = total / count
+            m2 = ((flat - mean) ** 2).sum(0)
+            all_reduce_sum(m2, self.ctx)
+            var = m2 / count
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.float())
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * (var * count / (count - 1)).float())
+        return (x - mean.float()) / torch.sqrt(var.float() + self.eps)
+
+
+class ProbeHead(nn.Module):
+    """One attentive probe's parameters (the norm is shared: it has none)."""
+
+    def __init__(self, dim: int, num_classes: int, num_heads: int, generator: torch.Generator) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(dim)  # nn.Linear's default initialisation, drawn from our generator
+
+        def uniform(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(shape).uniform_(-bound, bound, generator=generator))
+
+        self.query = nn.Parameter(torch.randn(num_heads, dim // num_heads, generator=generator) * 0.02)
+        self.key = uniform(dim, dim)  # (out, in) like nn.Linear, no bias
+        self.value = uniform(dim, dim)
+        self.weight = uniform(num_classes, dim)
+        self.bias = uniform(num_classes)
+
+
+class ProbeGrid(nn.Module):
+    """G attentive probes on the same tokens; forward -> logits (B, G, C)."""
+
+    def __init__(self, dim: int, num_classes: int, num_probes: int, num_heads: int = 16, eps: float = 1e-6,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.num_heads = math.gcd(dim, num_heads)  # a width not divisible by the asked count gets the largest divisor
+        self.dim, self.num_classes = dim, num_classes
+        self.norm = ChannelNorm(dim, eps)
+        # The same initial weights for every probe: probe g is exactly a single run of its lr / wd.
+        self.probes = nn.ModuleList(
+            ProbeHead(dim, num_classes, self.num_heads, torch.Generator().manual_seed(seed)) for _ in range(num_probes)
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, d = tokens.shape
+        g, h = len(self.probes), self.num_heads
+        dh = d // h
+        x = self.norm(tokens)
+        query = torch.stack([p.query for p in self.probes])  # (G, h, dh)
+        key = torch.stack([p.key for p in self.probes]).view(g, h, dh, d)
+        value = torch.stack([p.value for p in self.probes]).view(g, h, dh, d)
+        q_in = torch.einsum("ghe,ghed->ghd", query, key) * dh**-0.5  # the query seen through W_k: (G, h, D)
+        attn = (x @ q_in.reshape(g * h, d).T).transpose(1, 2).softmax(-1)  # (B, G*h, N)
+        pooled = (attn @ x).view(b, g, h, d)  # attention-weighted tokens per probe and head
+        out = torch.einsum("bghd,ghed->bghe", pooled, value).reshape(b, g, d)  # W_v applied after pooling
+        weight = torch.stack([p.weight for p in self.probes])  # (G, C, D)
+        bias = torch.stack([p.bias for p in self.probes])  # (G, C)
+        return torch.einsum("bgd,gcd->bgc", out, weight) + bias
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warmup to `peak`, then cosine decay to `floor` (Table A2) at the last step."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup - 1)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+# ---------------------------------------------------------------- data
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Per-image transforms are tiny tensor ops: intra-op threads only add synchronisation (DataLoader workers run
+    single-threaded anyway; this does the same when transforms run in the main process)."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
+class SampleSet(torch.utils.data.Dataset):
+    """(image tensor, label) of a split. Random augmentation is seeded by (seed, epoch, sample), so the same sample
+    gets the same crop whatever the worker, rank or resume point: sharded and resumed runs equal one-process runs."""
+
+    def __init__(self, split: LabelledImages, transform: Callable, seed: int, augment: bool) -> None:
+        self.split, self.transform, self.seed, self.augment = split, transform, seed, augment
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with _one_thread():
+            return self._get(i)
+
+    def _get(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.split.image(i)
+        if not self.augment:
+            return self.transform(img), int(self.split.labels[i])
+        s = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
+        state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        try:
+            x = self.transform(img)
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            torch.set_rng_state(state[2])
+        return x, int(self.split.labels[i])
+
+
+def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize, with 0 bits kept meaning a black image as Pillow < 12 did (Pillow 13 raises instead, which
+    makes RandAugment's PosterizeIncreasing fail at full magnitude)."""
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    from timm.data.auto_augment import posterize
+
+    return posterize(img, bits_to_keep)
+
+
+def train_transform(image_size: int, preprocess: Any, aug: dict) -> Callable:
+    """Table A2's augmentation through timm's transform factory. timm switches colour jitter off when RandAugment is
+    on; Table A2 lists both, so `force_color_jitter` (default true) keeps it."""
+    from timm.data.auto_augment import RandAugment, posterize
+    from timm.data.transforms_factory import transforms_imagenet_train
+
+    tf = transforms_imagenet_train(
+        img_size=image_size,
+        scale=tuple(aug["scale"]),
+        ratio=tuple(aug["ratio"]),
+        hflip=float(aug["hflip"]),
+        vflip=0.0,
+        color_jitter=float(aug["color_jitter"]),
+        force_color_jitter=bool(aug.get("force_color_jitter", True)),
+        auto_augment=aug.get("auto_augment"),
+        interpolation=aug["interpolation"],
+        mean=tuple(preprocess.mean),
+        std=tuple(preprocess.std),
+        re_prob=0.0,
+    )
+    for t in tf.transforms:
+        for op in t.ops if isinstance(t, RandAugment) else ():
+            if op.aug_fn is posterize:
+                op.aug_fn = _posterize
+    return tf
+
+
+def task_preprocess(backbone: Any, image_size: int) -> Any:
+    """The backbone's eval preprocessing at the task's input size (resize scaled with it)."""
+    pre = backbone.preprocess
+    if image_size == pre.image_size:
+        return pre
+    resize = None if pre.resize is None else round(pre.resize * image_size / pre.image_size)
+    return dataclasses.replace(pre, image_size=image_size, resize=resize)
+
+
+@dataclass
+class ProbeData:
+    train: LabelledImages  # the training pool (after --limit), of which train_pos train and val_pos select
+    train_pos: np.ndarray
+    val_pos: np.ndarray
+    test: LabelledImages
+
+
+# ---------------------------------------------------------------- token sources: frozen backbone or disk cache
+def autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def encode(backbone: Any, images: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    with torch.no_grad(), autocast(device, precision):
+        return backbone.tokens(images.to(device, non_blocking=True)).tokens.float()
+
+
+def cache_key(backbone: Any, preprocess: Any, split: LabelledImages, precision: str) -> str:
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "backbone": backbone.meta.name,
+            "weights": backbone.weights_id,
+            "preprocess": dataclasses.asdict(preprocess),
+            "dataset": split.identity,
+            "precision": precision,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class FeatureCache:
+    """Frozen tokens of one split on disk (float16 .npy, memory-mapped), keyed by backbone weights,
+    preprocessing, dataset and split. Built once (sharded over ranks), reused by every head and every rerun."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.dir = Path(root) / key
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "meta.json").is_file()
+
+    def tokens(self) -> np.ndarray:
+        return np.load(self.dir / "tokens.npy", mmap_mode="r")
+
+    def build(self, backbone: Any, split: LabelledImages, transform: Callable, batch_size: int, workers: int,
+              ctx: DistContext, precision: str, progress: bool) -> float:
+        """Encode every sample of `split`; returns images/s of this rank."""
+        tmp = self.dir.parent / broadcast_object(f".{self.dir.name}.{uuid.uuid4().hex[:8]}.tmp", ctx)
+        if ctx.is_main:
+            tmp.mkdir(parents=True, exist_ok=True)
+            x0, _ = SampleSet(split, transform, 0, False)[0]
+            shape = tuple(encode(backbone, x0[None], ctx.device, precision).shape[1:])
+            np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=np.float16, shape=(len(split), *shape)).flush()
+        barrier(ctx)
+        out = np.load(tmp / "tokens.npy", mmap_mode="r+")
+        mine = shard(list(range(len(split))), ctx)
+        batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+        loader = torch.utils.data.DataLoader(SampleSet(split, transform, 0, False), batch_sampler=batches,
+                                             num_workers=workers)
+        start, done = time.perf_counter(), 0
+        bar = tqdm(total=len(mine), desc=f"caching {split.identity[:40]}", unit="img", disable=not (progress and ctx.is_main))
+        for idx, (x, _) in zip(batches, loader):
+            out[idx] = encode(backbone, x, ctx.device, precision).cpu().numpy().astype(np.float16)
+            done += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(img_s=f"{done / (time.perf_counter() - start):.1f}")
+        bar.close()
+        out.flush()
+        del out
+        barrier(ctx)
+        if ctx.is_main:
+            (tmp / "meta.json").write_text(json.dumps({"identity": split.identity, "n": len(split)}))
+            if self.complete:  # another run finished the same cache first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.replace(tmp, self.dir)
+        barrier(ctx)
+        return done / max(time.perf_counter() - start, 1e-9)
+
+
+# ---------------------------------------------------------------- the plugin
+def _floats(values: Any, what: str) -> list[float]:
+    try:
+        return [float(v) for v in (values if isinstance(values, list | tuple) else [values])]
+    except (TypeError, ValueError):
+        raise UserError(f"protocol.{what} must be numbers, got {values!r}") from None
+
+
+class ProbePlugin(Plugin):
+    name = "probe"
+    summary = "attentive probe on frozen last-layer patch tokens, lr x wd grid trained at once"
+
+    # ------------------------------------------------------------ protocol
+    def resolve(self, task: Any, options: RunOptions, backbone: Any) -> dict[str, Any]:
+        p = json.loads(json.dumps(task.protocol))  # deep copy of plain data
+        for key in ("lr_grid", "wd_grid", "betas", "batch_size", "epochs", "augment", "head", "selection"):
+            if key not in p:
+                raise UserError(f"task {task.name}: protocol.{key} is missing (see tasks/_probe_table_a2.yaml)")
+        p["lr_grid"] = _floats(p["lr_grid"], "lr_grid")
+        p["wd_grid"] = _floats(p["wd_grid"], "wd_grid")
+        p["betas"] = _floats(p["betas"], "betas")
+        for key in ("min_lr", "grad_clip", "warmup_epochs"):
+            p[key] = _floats(p.get(key, 0.0), key)[0]
+        if options.epochs is not None:
+            p["epochs"] = options.epochs
+        if options.batch_size is not None:
+            p["batch_size"] = options.batch_size
+        if options.limit is not None:
+            p["limit"] = options.limit
+        p["epochs"], p["batch_size"] = int(p["epochs"]), int(p["batch_size"])
+        if p["epochs"] < 1 or p["batch_size"] < 1:
+            raise UserError(f"epochs and batch size must be >= 1, got {p['epochs']} and {p['batch_size']}")
+        if p.get("image_size", "native") == "native":
+            p["image_size"] = int(backbone.resolution)
+        p["precision"] = options.precision
+        p["feature_cache"] = options.feature_cache is not None  # cached tokens mean no augmentation
+        return p
+
+    # ------------------------------------------------------------ data
+    def load_data(self, task: Any, protocol: dict[str, Any], options: RunOptions) -> ProbeData:
+        train = open_split(task.data, "train", options.data_root)
+        test = open_split(task.data, "test", options.data_root, classes=train.class_names)
+        n = protocol.get("limit")
+        train, test = limit(train, n), limit(test, n)
+        sel = protocol["selection"]
+        train_pos, val_pos = stratified_holdout(train.labels, float(sel.get("val_fraction", 0.0)),
+                                                int(sel.get("split_seed", 0)))
+        if len(train_pos) == 0 or len(test) == 0:
+            raise UserError(f"task {task.name}: empty training or test split; raise --limit")
+        return ProbeData(train, train_pos, val_pos, test)
+
+    # ------------------------------------------------------------ run
+    def run(self, backbone: Any, task: Any, protocol: dict[str, Any], data: ProbeData, options: RunOptions,
+            ctx: DistContext) -> PluginResult:
+        return _ProbeRun(backbone, task, protocol, data, options, ctx).run()
+
+
+class _ProbeRun:
+    def __init__(self, backbone: Any, task: Any, protocol: dict[str, Any], data: ProbeData, options: RunOptions,
+                 ctx: DistContext) -> None:
+        self.backbone = backbone.to(ctx.device).eval()
+        self.task, self.p, self.data, self.opt, self.ctx = task, protocol, data, options, ctx
+        self.configs = [(lr, wd) for lr in protocol["lr_grid"] for wd in protocol["wd_grid"]]
+        self.preprocess = task_preprocess(backbone, int(protocol["image_size"]))
+        from aimv2_eval.backbones import build_eval_transform
+
+        self.eval_tf = build_eval_transform(self.preprocess)
+        self.cached = options.feature_cache is not None
+        self.caches: dict[str, np.ndarray] = {}
+        self.throughput: dict[str, float] = {}
+        self.progress = options.progress and ctx.is_main
+
+    # ------------------------------------------------------------ tokens
+    def _prepare_cache(self) -> None:
+        for name, split in (("train", self.data.train), ("test", self.data.test)):
+            cache = FeatureCache(self.opt.feature_cache, cache_key(self.backbone, self.preprocess, split, self.p["precision"]))
+            if not cache.complete:
+                rate = cache.build(self.backbone, split, self.eval_tf, self.p["batch_size"], self.opt.workers, self.ctx,
+                                   self.p["precision"], self.progress)
+                self.throughput[f"cache_{name}_images_per_s"] = round(rate * self.ctx.world_size, 2)
+            self.caches[name] = cache.tokens()
+
+    def _batches(self, split_name: str, split: LabelledImages, positions: list[list[int]], augment: bool,
+                 epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(tokens, labels) for each list of positions of `split` (lists may be empty on some ranks)."""
+        dev = self.ctx.device
+        if self.cached:
+            arr = self.caches[split_name]
+            for pos in positions:
+                idx = np.sort(np.asarray(pos, dtype=np.int64))
+                tokens = torch.from_numpy(np.ascontiguousarray(arr[idx])).float() if len(idx) else None
+                yield tokens, torch.from_numpy(split.labels[idx])
+            return
+        ds = SampleSet(split, self._train_tf if augment else self.eval_tf, self.opt.seed, augment)
+        ds.epoch = epoch
+        nonempty = [p for p in positions if p]
+        loader = iter(torch.utils.data.DataLoader(ds, batch_sampler=nonempty, num_workers=self.opt.workers,
+                                                  pin_memory=dev.type == "cuda"))
+        for pos in positions:
+            if not pos:
+                yield None, torch.zeros(0, dtype=torch.long)
+                continue
+            try:
+                x, y = next(loader)
+            except UserError as exc:  # raised in a worker: keep the user's one line, not the worker's traceback
+                raise UserError(str(exc).strip().splitlines()[-1].removeprefix("aimv2_eval.errors.UserError: ")) from None
+            yield encode(self.backbone, x, dev, self.p["precision"]), y
+
+    def _empty_tokens(self) -> torch.Tensor:
+        n, d = self.token_shape
+        return torch.zeros(0, n, d)
+
+    # ------------------------------------------------------------ training
+    def _build(self) -> None:
+        if self.cached:
+            self.token_shape = tuple(self.caches["train"].shape[1:])
+        else:  # one eval-transformed sample through the backbone
+            x, _ = SampleSet(self.data.train, self.eval_tf, 0, False)[int(self.data.train_pos[0])]
+            self.token_shape = tuple(encode(self.backbone, x[None], self.ctx.device, self.p["precision"]).shape[1:])
+        head = self.p["head"]
+        grid = ProbeGrid(self.token_shape[1], self.task.num_classes, len(self.configs), int(head.get("num_heads", 16)),
+                         float(head.get("norm_eps", 1e-6)), self.opt.seed)
+        grid.norm.ctx = self.ctx
+        self.grid = grid.to(self.ctx.device)
+        self.model: nn.Module = self.grid
+        if self.ctx.distributed:
+            # The norm syncs its own statistics; DDP must not overwrite buffers (keyword renamed in torch 2.1x).
+            ddp = nn.parallel.DistributedDataParallel
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                       else {"broadcast_buffers": False})
+            self.model = ddp(self.grid, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
+                             **no_sync)
+        groups = [{"params": list(p.parameters()), "lr": lr, "weight_decay": wd, "peak_lr": lr}
+                  for p, (lr, wd) in zip(self.grid.probes, self.configs)]
+        self.optim = torch.optim.AdamW(groups, betas=tuple(self.p["betas"]))
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's share of every global batch of the epoch (a seeded permutation of the training positions)."""
+        g = torch.Generator().manual_seed(self.opt.seed * 1_000_003 + epoch)
+        order = self.data.train_pos[torch.randperm(len(self.data.train_pos), generator=g).numpy()].tolist()
+        bs = self.p["batch_size"]
+        return [shard(order[i : i + bs], self.ctx) for i in range(0, len(order), bs)]
+
+    def _global_sizes(self) -> list[int]:
+        n, bs = len(self.data.train_pos), self.p["batch_size"]
+        return [min(bs, n - i) for i in range(0, n, bs)]
+
+    def _train(self, start_epoch: int) -> list[list[float]]:
+        epochs, clip = self.p["epochs"], self.p["grad_clip"]
+        sizes = self._global_sizes()
+        steps = len(sizes)
+        total, warmup = epochs * steps, int(round(self.p["warmup_epochs"] * steps))
+        history = self.history
+        for epoch in range(start_epoch, epochs):
+            self.model.train()
+            loss_sum = torch.zeros(len(self.configs), dtype=torch.float64, device=self.ctx.device)
+            start, seen = time.perf_counter(), 0
+            bar = tqdm(total=steps, desc=f"{self.task.name} epoch {epoch + 1}/{epochs}", unit="step",
+                       disable=not self.progress)
+            batches = self._batches("train", self.data.train, self._epoch_batches(epoch), not self.cached, epoch)
+            for i, (tokens, y) in enumerate(batches):
+                step = epoch * steps + i
+                for group in self.optim.param_groups:
+                    group["lr"] = lr_at(step, total, warmup, group["peak_lr"], self.p["min_lr"])
+                tokens = self._empty_tokens() if tokens is None else tokens
+                tokens, y = tokens.to(self.ctx.device), y.to(self.ctx.device)
+                logits = self.model(tokens)  # (b, G, C)
+                ce = F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, logits.shape[1]), reduction="none")
+                per_probe = ce.sum(0)  # (G,): each probe's loss only reaches its own parameters
+                # DDP averages gradients over ranks: scale so that the result is the mean over the global batch.
+                (per_probe.sum() * self.ctx.world_size / sizes[i]).backward()
+                for probe in self.grid.probes:
+                    nn.utils.clip_grad_norm_(probe.parameters(), clip)
+                self.optim.step()
+                self.optim.zero_grad(set_to_none=True)
+                loss_sum += per_probe.detach().double()
+                seen += sizes[i]
+                if not bar.disable:  # reading the loss waits for the device: only when someone watches
+                    bar.update(1)
+                    bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.1f}",
+                                    loss=f"{float(per_probe.detach().min()) / max(1, len(y)):.3f}")
+            bar.close()
+            all_reduce_sum(loss_sum, self.ctx)
+            history.append((loss_sum / len(self.data.train_pos)).cpu().tolist())
+            seconds = time.perf_counter() - start
+            self.epoch_seconds.append(round(seconds, 4))
+            self.throughput["train_images_per_s"] = round(seen / max(seconds, 1e-9), 2)
+            self._save(epoch + 1)
+            if self.opt.on_epoch_end is not None:
+                self.opt.on_epoch_end(epoch + 1)
+        return history
+
+    # ------------------------------------------------------------ checkpoints (--resume)
+    def _save(self, epochs_done: int) -> None:
+        if self.opt.checkpoint is None or not self.ctx.is_main:
+            return
+        path = Path(self.opt.checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"epochs_done": epochs_done, "grid": self.grid.state_dict(), "optim": self.optim.state_dict(),
+                 "history": self.history, "protocol": self.p}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def _load(self) -> int:
+        path = self.opt.checkpoint
+        if not (self.opt.resume and path is not None and Path(path).is_file()):
+            return 0
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("protocol") != json.loads(json.dumps(self.p)):
+            raise UserError(f"{path} was written for another protocol; rerun without --resume to start over")
+        self.grid.load_state_dict(state["grid"])
+        self.optim.load_state_dict(state["optim"])
+        self.history = state["history"]
+        return int(state["epochs_done"])
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _evaluate(self, split_name: str, split: LabelledImages, positions: np.ndarray, label: str) -> dict[str, np.ndarray]:
+        """Per-probe top-1 / top-5 (%) and mean loss on `positions` of a split, summed over ranks."""
+        self.grid.eval()
+        g = len(self.configs)
+        ks = (TOPK.get("top1"), TOPK.get("top5"))
+        counts = torch.zeros(g, len(ks), dtype=torch.float64)
+        loss = torch.zeros(g, dtype=torch.float64)
+        mine = shard(positions.tolist(), self.ctx)
+        bs = self.p["batch_size"]
+        batches = [mine[i : i + bs] for i in range(0, len(mine), bs)]
+        start = time.perf_counter()
+        for tokens, y in self._batches(split_name, split, batches, False):
+            logits = self.grid(tokens.to(self.ctx.device)).float().cpu()
+            counts += topk_correct(logits, y, ks).double()
+            loss += F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, g), reduction="none").sum(0).double()
+        self.throughput[f"eval_{label}_images_per_s"] = round(len(mine) / max(time.perf_counter() - start, 1e-9), 2)
+        all_reduce_sum(counts, self.ctx)
+        all_reduce_sum(loss, self.ctx)
+        n = max(1, len(positions))
+        return {"top1": (100 * counts[:, 0] / n).numpy(), "top5": (100 * counts[:, 1] / n).numpy(),
+                "loss": (loss / n).numpy()}
+
+    def run(self) -> PluginResult:
+        if not self.cached:
+            self._train_tf = train_transform(int(self.p["image_size"]), self.preprocess, self.p["augment"])
+        else:
+            self._prepare_cache()
+        self.history: list[list[float]] = []
+        self.epoch_seconds: list[float] = []
+        self._build()
+        start_epoch = self._load()
+        self._train(start_epoch)
+        val = self._evaluate("train", self.data.train, self.data.val_pos, "val") if len(self.data.val_pos) else None
+        test = self._evaluate("test", self.data.test, np.arange(len(self.data.test)), "test")
+        return self._result(val, test)
+
+    def _result(self, val: dict | None, test: dict) -> PluginResult:
+        train_loss = np.asarray(self.history[-1])
+        if val is not None:  # highest val top-1; ties: lower val loss, then the earlier config
+            order = sorted(range(len(self.configs)), key=lambda g: (-val["top1"][g], val["loss"][g], g))
+            rule = (f"highest top-1 on a validation split held out from the training data "
+                    f"({len(self.data.val_pos)} images, stratified, split_seed {self.p['selection'].get('split_seed', 0)}); "
+                    "ties: lower validation loss; the test split is never used to choose")
+            split = "val"
+        else:
+            order = sorted(range(len(self.configs)), key=lambda g: (train_loss[g], g))
+            rule = "lowest final training loss (no validation split: data.selection.val_fraction is 0)"
+            split = "train"
+        best = order[0]
+        candidates = []
+        for g, (lr, wd) in enumerate(self.configs):
+            row = {"lr": lr, "wd": wd, "train_loss": round(float(train_loss[g]), 6),
+                   "test_top1": round(float(test["top1"][g]), 4), "test_top5": round(float(test["top5"][g]), 4)}
+            if val is not None:
+                row |= {"val_top1": round(float(val["top1"][g]), 4), "val_loss": round(float(val["loss"][g]), 6)}
+            candidates.append(row)
+        metrics = {"top1": float(test["top1"][best]), "top5": float(test["top5"][best])}
+        selection = {
+            "rule": rule,
+            "split": split,
+            "chosen": {"index": best, "lr": self.configs[best][0], "wd": self.configs[best][1]},
+            "candidates": candidates,
+            # For comparison only: the paper reports the strongest head of its sweep, i.e. chosen on test.
+            "oracle_test_top1": float(test["top1"].max()),
+        }
+        details = {
+            "test_loss": float(test["loss"][best]),
+            "sizes": {"train": len(self.data.train_pos), "val": len(self.data.val_pos), "test": len(self.data.test)},
+            "token_shape": list(self.token_shape),
+            "probe_heads": self.grid.num_heads,
+            "train_loss_history": [[round(v, 6) for v in epoch] for epoch in self.history],
+            "epoch_seconds": self.epoch_seconds,  # of this process's epochs (a resumed run lists only its own)
+            "preprocess": dataclasses.asdict(self.preprocess),
+            "feature_cache": str(self.opt.feature_cache) if self.cached else None,
+            "world_size": self.ctx.world_size,
+            "data": {"train": self.data.train.identity, "test": self.data.test.identity},
+            "test_is_train": self.data.test.identity == self.data.train.identity,  # tiny pools (foolbox_imagenet)
+        }
+        return PluginResult(metrics, self.task.metric.get("main", "top1"), selection, self.throughput, details)
+
+
+PLUGIN = ProbePlugin()

@@ -1,0 +1,145 @@
+"""`aimv2-eval run`: end to end on an embedded task, records, skipping, resuming, and clear failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from aimv2_eval.backbones import get_spec
+from aimv2_eval.cli import main
+from aimv2_eval.plugins import probe
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--backbone", "aimv2-tiny"] + ([] if get_spec("aimv2-tiny").weights_present() else ["--random-init"])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def records(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*.json") if not p.name.startswith("."))
+
+
+def test_end_to_end_embedded_task_with_tiny_aimv2(tmp_path, capsys):
+    """The embedded defaults of digits_probe, unchanged: the whole run must stay well under a minute."""
+    start = time.perf_counter()
+    assert main(["run", *TINY, "--task", "digits_probe", "--out", str(tmp_path), "--no-progress"]) == 0
+    elapsed = time.perf_counter() - start
+    [path] = records(tmp_path)
+    rec = json.loads(path.read_text())
+    assert rec["cell"]["task"] == "digits_probe" and rec["cell"]["backbone"].startswith("aimv2-tiny")
+    assert path.name == f"{rec['cell']['protocol_hash']}-seed0.json"
+    assert rec["main_metric"] == "top1" and 0 <= rec["metrics"]["top1"] <= 100
+    assert rec["task_config"]["resolved_protocol"]["image_size"] == 112  # the tiny AIMv2's native size
+    assert rec["task_config"]["protocol"]["lr_grid"] and rec["task_config"]["data"]["source"] == "sklearn_digits"
+    assert rec["backbone"]["name"] == "aimv2-tiny" and rec["backbone"]["weights_id"]
+    assert torch.__version__.startswith(rec["environment"]["versions"]["torch"]) and "git_revision" in rec["environment"]
+    assert rec["wall_time_s"] > 0 and rec["peak_memory_mb"]["host_rss_mb"] > 0
+    assert rec["throughput"]["train_images_per_s"] > 0 and rec["throughput"]["eval_test_images_per_s"] > 0
+    assert len(rec["selection"]["candidates"]) == 14  # Table A2: 7 learning rates x 2 weight decays
+    assert rec["selection"]["split"] == "val"
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.ckpt"))  # atomic, cleaned up
+    assert "top1" in capsys.readouterr().out
+    assert elapsed < 60, f"embedded run took {elapsed:.1f}s"
+
+
+def small(out: Path, *extra: str) -> list[str]:
+    return ["run", *TINY, "--task", "digits_probe", "--out", str(out), "--no-progress", "--limit", "60",
+            "--epochs", "3", "--batch-size", "16", *extra]
+
+
+def test_existing_cell_is_skipped_unless_overwrite(tmp_path, capsys):
+    out, cache = tmp_path / "records", ["--feature-cache", str(tmp_path / "cache")]
+    assert main(small(out, *cache)) == 0
+    [path] = records(out)
+    before = path.stat().st_mtime_ns
+    assert main(small(out, *cache)) == 0
+    assert "skip" in capsys.readouterr().out and path.stat().st_mtime_ns == before
+    assert main(small(out, *cache, "--overwrite")) == 0
+    assert path.stat().st_mtime_ns != before
+    assert main(small(out, *cache, "--seed", "1")) == 0
+    assert len(records(out)) == 2  # another seed is another cell
+
+
+def test_resume_after_interruption_gives_the_same_metrics(tmp_path, monkeypatch):
+    assert main(small(tmp_path / "full")) == 0
+    [full] = records(tmp_path / "full")
+    original = probe._ProbeRun._save
+    saved: list[int] = []
+
+    def save_then_crash(self, epochs_done):
+        original(self, epochs_done)
+        saved.append(epochs_done)
+        if epochs_done == 1:
+            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(probe._ProbeRun, "_save", save_then_crash)
+    assert main(small(tmp_path / "cut")) == 130
+    assert not records(tmp_path / "cut") and list((tmp_path / "cut").rglob("*.ckpt"))
+    saved.clear()
+    monkeypatch.setattr(probe._ProbeRun, "_save", lambda self, n: (original(self, n), saved.append(n)))
+    assert main(small(tmp_path / "cut", "--resume")) == 0
+    assert saved == [2, 3]  # continued from the last completed epoch
+    [cut] = records(tmp_path / "cut")
+    a, b = json.loads(full.read_text()), json.loads(cut.read_text())
+    assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+    for x, y in zip(a["selection"]["candidates"], b["selection"]["candidates"]):
+        assert x == pytest.approx(y, abs=1e-5)
+
+
+def test_missing_weights_and_data_end_in_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "AIMV2_EVAL_DATA": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "aimv2_eval.cli", "run", "--backbone", "aimv2-l", "--task", "imagenet_probe",
+         "--out", str(tmp_path / "records")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("aimv2-eval run: error:") and "ILSVRC/imagenet-1k" in lines[0]
+    assert str(tmp_path / "imagenet" / "train") in lines[0]  # where to put the images
+    assert not (tmp_path / "records").exists()
+
+
+def test_unknown_names_answer_with_closest(tmp_path, capsys):
+    assert main(["run", "--backbone", "aimv2-tiny", "--task", "digit_probe", "--out", str(tmp_path)]) == 2
+    assert "did you mean digits_probe" in capsys.readouterr().err
+    assert main(["run", "--backbone", "aimv2-tinny", "--task", "digits_probe", "--out", str(tmp_path)]) == 2
+    assert "aimv2-tiny" in capsys.readouterr().err
+
+
+def test_unreadable_image_in_a_worker_is_one_clear_line(tmp_path, capsys):
+    """A benchmark-style task on a local ImageFolder with one corrupt file, decoded in a DataLoader worker."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in range(2):
+            folder = tmp_path / "data" / "bench" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("L", (16, 16), color=40 * i + 100 * c).save(folder / f"{i}.png")
+    (tmp_path / "data" / "bench" / "train" / "class1" / "9.png").write_bytes(b"truncated")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "bench_probe.yaml").write_text(
+        f"include: {REPO / 'tasks' / '_probe_table_a2.yaml'}\nversion: 1\n"
+        "data: {num_classes: 2, imagefolder: {dir: bench}}\nprotocol: {epochs: 1, batch_size: 4}\n"
+    )
+    code = main(["run", *TINY, "--task", "bench_probe", "--tasks-dir", str(tasks), "--data-root",
+                 str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert "cannot read image" in err and "9.png" in err and "Traceback" not in err
