@@ -93,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
             cell_backbone, task.name, phash, args.seed,
             metrics=result.metrics,
             main_metric=result.main_metric,
+            backbone=_backbone_info(backbone, spec, args),
             task_config=task_config,
             selection=result.selection,
             throughput=result.throughput,
@@ -100,15 +101,14 @@ def main(args: argparse.Namespace) -> int:
             wall_time_s=round(time.perf_counter() - start, 2),
             peak_memory_mb=peak_memory_mb(ctx.device),
         )
-        record["backbone"] = _backbone_info(backbone, spec, args)  # new_record's own `backbone` is the cell's name
         record["environment"]["device"] = str(ctx.device)
         record["environment"]["world_size"] = ctx.world_size
         written = write_record(args.out, record)
         options.checkpoint.unlink(missing_ok=True)
         main_value = result.metrics[result.main_metric]
-        chosen = result.selection.get("chosen", {})
-        print(f"{cell_backbone} x {task.name}: {result.main_metric} {main_value:.2f} "
-              f"(head lr={chosen.get('lr')} wd={chosen.get('wd')}, chosen on {result.selection.get('split')}) -> {written}")
+        chosen = result.selection.get("chosen")
+        how = f" (head lr={chosen.get('lr')} wd={chosen.get('wd')}, chosen on {result.selection.get('split')})" if chosen else ""
+        print(f"{cell_backbone} x {task.name}: {result.main_metric} {main_value:.2f}{how} -> {written}")
         return 0
     finally:
         shutdown()

@@ -34,7 +34,7 @@ StateDict = dict[str, torch.Tensor]
 # ---------------------------------------------------------------- key schemes
 def detect_scheme(sd: StateDict) -> str:
     keys = list(sd)
-    if any(k.startswith(("preprocessor.", "trunk.")) for k in keys):
+    if any(k.startswith(("preprocessor.", "trunk.", "image_encoder.preprocessor.")) for k in keys):
         return "apple"
     if any(k.startswith(("embeddings.", "encoder.layers.", "vision_model.embeddings.")) for k in keys):
         return "hf"
@@ -95,6 +95,8 @@ def _invert(rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def to_apple(sd: StateDict) -> tuple[StateDict, StateDict]:
     """Convert any scheme to Apple's; returns (encoder weights, other weights such as a pooling head)."""
     scheme = detect_scheme(sd)
+    if any(k.startswith("image_encoder.") for k in sd):  # Apple's LiT checkpoint: the image tower under a prefix
+        sd = {k.removeprefix("image_encoder."): v for k, v in sd.items()}
     if scheme == "timm":
         sd = _rename(sd, _TIMM_TO_APPLE)
     elif scheme == "hf":
