@@ -101,3 +101,19 @@ def test_sharded_safetensors_directory(tmp_path, encoder):
     x = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         assert torch.equal(loaded(x), encoder(x))
+
+
+def test_apple_lit_checkpoint_yields_its_image_tower(tmp_path, encoder):
+    from safetensors.torch import save_file
+
+    sd = {f"image_encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
+    sd["image_encoder.head.k.weight"] = torch.zeros(64, 64)
+    sd["text_encoder.trunk.post_trunk_norm.weight"] = torch.ones(8)
+    sd["log_logit_scale"] = torch.zeros(())
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "image_size": 56}))
+    loaded, ckpt = load_encoder(tmp_path)
+    assert ckpt.scheme == "apple" and "head.k.weight" in ckpt.extra_state and "log_logit_scale" in ckpt.extra_state
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), encoder(x))
