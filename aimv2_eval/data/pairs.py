@@ -1,0 +1,353 @@
+"""Image-caption sources for pretraining, all map-style (`len`, `[i] -> Pair`), so a run can resume at any position.
+
+- `folder`: a directory of images, each with a caption file of the same stem (`cat.jpg` + `cat.txt`);
+- `webdataset`: tar shards in webdataset layout (`key.jpg` + `key.txt`, brace patterns like `shard-{000..009}.tar`);
+- `hf`: a Hugging Face dataset (hub id, local dataset script/folder, or a `save_to_disk` directory) with an image
+  and a text column;
+- `scenes`: the embedded procedural scenes (`aimv2_eval.data.scenes`);
+- `digits`: scikit-learn's 1,797 handwritten digits, coloured and placed at random, with templated captions.
+Several sources mix with sampling probabilities, as the paper's data mixture (Table 2).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from aimv2_eval.data.scenes import BACKGROUND_COLORS, COLORS, DIGIT_WORDS, Scene, SceneDataset, swap_left_right
+from aimv2_eval.errors import UserError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+TEXT_EXTS = (".txt", ".caption", ".text")
+
+
+# ---------------------------------------------------------------- images
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: transparency composited on white, 16/32-bit greyscale rescaled, palette/CMYK converted."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(src: str | Path | bytes, where: str) -> Image.Image:
+    """Decode an image file or bytes to RGB; a broken file is a UserError naming it."""
+    try:
+        img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {where} ({type(exc).__name__}: {exc}); remove or replace the file") from None
+    return to_rgb(img)
+
+
+@dataclass
+class Pair:
+    image: Image.Image
+    caption: str
+    key: str = ""
+    scene: Scene | None = None
+    flippable: bool = True  # False where a mirror would make the caption false (handwritten digits)
+
+    def flipped(self) -> Pair:
+        """Horizontal flip that keeps the caption true: scenes re-render mirrored (text stays readable), other
+        images are mirrored with their left/right words swapped."""
+        if self.scene is not None:
+            s = self.scene.flip()
+            return Pair(s.image, s.caption, self.key, s, True)
+        return Pair(ImageOps.mirror(self.image), swap_left_right(self.caption), self.key, None, True)
+
+
+class PairSource(Protocol):
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Pair: ...
+
+
+def _check_index(index: int, n: int) -> None:
+    if not 0 <= index < n:
+        raise IndexError(f"pair {index} out of range 0..{n - 1}")
+
+
+# ---------------------------------------------------------------- local folder
+class FolderPairs:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        self.name = f"folder:{self.root}"
+        if not self.root.is_dir():
+            raise UserError(f"image-caption folder not found: {self.root}")
+        self.items: list[tuple[Path, Path]] = []
+        for img in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
+            txt = next((img.with_suffix(e) for e in TEXT_EXTS if img.with_suffix(e).is_file()), None)
+            if txt is not None:
+                self.items.append((img, txt))
+        if not self.items:
+            raise UserError(f"no image-caption pairs in {self.root}: expected images ({', '.join(IMAGE_EXTS)}) each "
+                            "with a caption file of the same name (.txt)")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Pair:
+        _check_index(index, len(self))
+        img, txt = self.items[index]
+        return Pair(open_image(img, str(img)), txt.read_text(errors="replace").strip(), str(img.relative_to(self.root)))
+
+
+# ---------------------------------------------------------------- webdataset shards
+def expand_shards(pattern: str | Sequence[str]) -> list[Path]:
+    """Shard paths from a list, a brace pattern (`a-{000..009}.tar`, as webdataset) or a glob."""
+    import braceexpand
+
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    out: list[Path] = []
+    for pat in patterns:
+        for item in braceexpand.braceexpand(str(pat)):
+            p = Path(item).expanduser()
+            if any(ch in item for ch in "*?["):
+                out.extend(sorted(p.parent.glob(p.name)))
+            else:
+                out.append(p)
+    missing = [str(p) for p in out if not p.is_file()]
+    if not out or missing:
+        raise UserError(f"webdataset shards not found: {missing[:3] or pattern}")
+    return out
+
+
+class TarPairs:
+    """Random access into webdataset tars: members are grouped by key (the name up to the first dot of its basename)
+    and read by offset, so no shard is unpacked."""
+
+    def __init__(self, shards: str | Sequence[str], image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"),
+                 text_keys: Sequence[str] = ("txt", "text", "caption")) -> None:
+        self.shards = expand_shards(shards)
+        self.name = f"webdataset:{len(self.shards)} shards"
+        self.items: list[tuple[int, str, tarfile.TarInfo, tarfile.TarInfo]] = []
+        for si, shard in enumerate(self.shards):
+            try:
+                with tarfile.open(shard) as tar:
+                    members: dict[str, dict[str, tarfile.TarInfo]] = {}
+                    for m in tar.getmembers():
+                        if not m.isfile():
+                            continue
+                        d, _, base = m.name.rpartition("/")
+                        key, _, ext = base.partition(".")
+                        members.setdefault(f"{d}/{key}", {})[ext.lower()] = m
+            except (tarfile.TarError, OSError) as exc:
+                raise UserError(f"cannot read shard {shard} ({exc}); re-create or remove it") from None
+            for key, exts in members.items():
+                img = next((exts[k] for k in image_keys if k in exts), None)
+                txt = next((exts[k] for k in text_keys if k in exts), None)
+                if img is not None and txt is not None:
+                    self.items.append((si, key.lstrip("/"), img, txt))
+        if not self.items:
+            raise UserError(f"no image-caption samples in {self.name}: expected members key.jpg/png + key.txt")
+        self._open: dict[int, tarfile.TarFile] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, shard: int, member: tarfile.TarInfo) -> bytes:
+        if shard not in self._open:
+            self._open[shard] = tarfile.open(self.shards[shard])
+        f = self._open[shard].extractfile(member)
+        assert f is not None
+        return f.read()
+
+    def __getitem__(self, index: int) -> Pair:
+        _check_index(index, len(self))
+        si, key, img, txt = self.items[index]
+        where = f"{self.shards[si]}:{img.name}"
+        caption = self._read(si, txt).decode("utf-8", errors="replace").strip()
+        return Pair(open_image(self._read(si, img), where), caption, key)
+
+    def __getstate__(self) -> dict:  # open tar handles do not travel to worker processes
+        return {**self.__dict__, "_open": {}}
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+class HFPairs:
+    def __init__(self, path: str, split: str = "train", image_column: str = "image", text_column: str = "text",
+                 **load_kwargs: Any) -> None:
+        import datasets
+
+        self.name = f"hf:{path}[{split}]"
+        try:
+            if Path(path).expanduser().is_dir() and (Path(path).expanduser() / "dataset_dict.json").is_file():
+                ds = datasets.load_from_disk(str(Path(path).expanduser()))[split]
+            elif Path(path).expanduser().is_dir() and (Path(path).expanduser() / "dataset_info.json").is_file():
+                ds = datasets.load_from_disk(str(Path(path).expanduser()))
+            else:
+                ds = datasets.load_dataset(path, split=split, **load_kwargs)
+        except KeyError:
+            raise UserError(f"dataset {path!r} has no split {split!r}") from None
+        except Exception as exc:
+            raise UserError(f"cannot load dataset {path!r} split {split!r} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}); check the name, or pass a local directory") from None
+        cols = list(ds.column_names)
+        for col in (image_column, text_column):
+            if col not in cols:
+                raise UserError(f"dataset {path!r} has no column {col!r}; its columns are {cols}: set "
+                                "image_column=/text_column=")
+        self.ds, self.image_column, self.text_column = ds, image_column, text_column
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> Pair:
+        _check_index(index, len(self))
+        row = self.ds[index]
+        value, text = row[self.image_column], row[self.text_column]
+        where = f"{self.name} row {index}"
+        if isinstance(value, Image.Image):
+            img = to_rgb(value)
+        elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+            img = open_image(value.get("bytes") or value["path"], where)
+        elif isinstance(value, bytes | str | Path):
+            img = open_image(value, where)
+        elif isinstance(value, np.ndarray):
+            img = to_rgb(Image.fromarray(value))
+        else:
+            raise UserError(f"{where}: column {self.image_column!r} holds {type(value).__name__}, not an image")
+        if isinstance(text, list):  # several captions per image: take the first
+            text = text[0] if text else ""
+        return Pair(img, str(text).strip(), str(index))
+
+
+# ---------------------------------------------------------------- embedded data
+class ScenePairs:
+    def __init__(self, n: int = 10_000, seed: int = 0, image_size: int = 224,
+                 aspect_ratios: Sequence[float] = (1.0,), **scene_kwargs: Any) -> None:
+        self.scenes = SceneDataset(n, seed, image_size, tuple(aspect_ratios), **scene_kwargs)
+        self.name = f"scenes:{n}@{seed}"
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> Pair:
+        s = self.scenes[index]
+        return Pair(s.image, s.caption, f"scene-{index}", s)
+
+
+DIGIT_TEMPLATES = (
+    "a handwritten digit {d}.",
+    "the number {w}, written by hand.",
+    "a {fg} handwritten {d} on a {bg} background.",
+    "a blurry picture of the digit {w}.",
+    "a scanned digit: {d}.",
+)
+
+
+class DigitPairs:
+    """scikit-learn's handwritten digits (8x8), upscaled to `image_size`; captions from templates that name the digit
+    (and sometimes the colours). A `plain` fraction looks as the probes see the dataset (white on black, full frame);
+    the rest is drawn into a random square of the canvas in random colours."""
+
+    label_names = tuple(str(d) for d in range(10))
+
+    def __init__(self, image_size: int = 224, seed: int = 0, plain: float = 0.5) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        self.images = digits.images.astype(np.float32) / 16.0
+        self.targets = digits.target.astype(int)
+        self.image_size, self.seed, self.plain = image_size, seed, plain
+        self.name = f"digits:{len(self.targets)}"
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Pair:
+        _check_index(index, len(self))
+        rng = np.random.default_rng([self.seed, index, 5])
+        fg_name, bg_name = rng.choice(list(COLORS)), rng.choice(list(BACKGROUND_COLORS))
+        fg, bg = np.array(COLORS[fg_name], np.float32), np.array(BACKGROUND_COLORS[bg_name], np.float32)
+        if np.linalg.norm(fg - bg) < 110:
+            fg_name, fg = ("black", np.array(COLORS["black"], np.float32)) if bg.mean() > 128 else (
+                "white", np.array(COLORS["white"], np.float32))
+        s = self.image_size
+        side = int(rng.uniform(0.6, 1.0) * s)
+        if rng.random() < self.plain:
+            fg_name, fg, bg_name, bg, side = "white", np.full(3, 255.0, np.float32), "black", np.zeros(3, np.float32), s
+        glyph = Image.fromarray((self.images[index] * 255).astype(np.uint8)).resize((side, side), Image.BICUBIC)
+        alpha = np.zeros((s, s), np.float32)
+        x, y = (int(rng.integers(0, s - side + 1)) for _ in range(2))
+        alpha[y : y + side, x : x + side] = np.asarray(glyph, np.float32) / 255.0
+        canvas = bg[None, None] * (1 - alpha[..., None]) + fg[None, None] * alpha[..., None]
+        d = int(self.targets[index])
+        template = DIGIT_TEMPLATES[int(rng.integers(len(DIGIT_TEMPLATES)))]
+        caption = template.format(d=d, w=DIGIT_WORDS[d], fg=fg_name, bg=bg_name)
+        return Pair(Image.fromarray(canvas.clip(0, 255).astype(np.uint8)), caption, f"digit-{index}", None, False)
+
+
+class Mixture:
+    """Sample i comes from source k with probability weights[k] (as Table 2's sampling probabilities), at a
+    seeded random index of that source; deterministic in (seed, i)."""
+
+    def __init__(self, sources: Sequence[PairSource], weights: Sequence[float], seed: int = 0,
+                 size: int | None = None) -> None:
+        if len(sources) != len(weights) or not sources:
+            raise UserError("a data mixture needs one weight per source")
+        w = np.asarray(weights, dtype=np.float64)
+        if (w < 0).any() or w.sum() <= 0:
+            raise UserError(f"mixture weights must be non-negative with a positive sum, got {list(weights)}")
+        self.sources, self.probs, self.seed = list(sources), w / w.sum(), seed
+        self.size = size or sum(len(s) for s in sources)
+        self.name = "mix(" + ", ".join(f"{s.name}:{p:.2f}" for s, p in zip(self.sources, self.probs)) + ")"
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Pair:
+        _check_index(index, len(self))
+        rng = np.random.default_rng([self.seed, index, 17])
+        src = self.sources[int(rng.choice(len(self.sources), p=self.probs))]
+        return src[int(rng.integers(len(src)))]
+
+
+KINDS = ("folder", "webdataset", "hf", "scenes", "digits")
+
+
+def build_source(spec: dict | list, seed: int = 0) -> PairSource:
+    """A source from its config: {kind: folder, path: ...}, {kind: webdataset, shards: ...},
+    {kind: hf, path: ..., split, image_column, text_column}, {kind: scenes, n, seed, image_size},
+    {kind: digits, image_size}; a list of them (each with `weight`) is a mixture."""
+    if isinstance(spec, list):
+        if len(spec) == 1:
+            return build_source({k: v for k, v in spec[0].items() if k != "weight"}, seed)
+        return Mixture([build_source({k: v for k, v in s.items() if k != "weight"}, seed) for s in spec],
+                       [float(s.get("weight", 1.0)) for s in spec], seed)
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    try:
+        if kind == "folder":
+            return FolderPairs(spec.pop("path"), **spec)
+        if kind == "webdataset":
+            return TarPairs(spec.pop("shards"), **spec)
+        if kind == "hf":
+            return HFPairs(spec.pop("path"), **spec)
+        if kind == "scenes":
+            return ScenePairs(**spec)
+        if kind == "digits":
+            return DigitPairs(**spec)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"bad {kind} data source {spec}: {exc}") from None
+    raise UserError(f"unknown data source kind {kind!r}; choose one of {', '.join(KINDS)}")
