@@ -16,6 +16,7 @@ import torch
 from aimv2_eval.cli import main as cli_main
 from aimv2_eval.commands.pretrain import Augment, Sampler, build_model, load_config, run
 from aimv2_eval.core.checkpoints import load_encoder
+from aimv2_eval.core.decoder import DecoderConfig
 from aimv2_eval.core.model import AIMv2, AIMv2Config
 from aimv2_eval.core.pretrain import (
     NativeConfig,
@@ -28,6 +29,7 @@ from aimv2_eval.core.pretrain import (
     lr_at,
     native_grid,
     pretrain,
+    reinit_linears,
     sample_index,
     sample_native_area,
 )
@@ -36,6 +38,7 @@ from aimv2_eval.data.pairs import ScenePairs
 from aimv2_eval.data.tokenizer import ClipTokenizer, load_tokenizer
 from aimv2_eval.errors import UserError
 
+SMALL_DECODER = DecoderConfig(width=32, depth=1, num_heads=2, vocab_size=16, max_text_len=8)
 TINY_DIR = Path(__file__).resolve().parents[1] / "aimv2_eval" / "assets" / "aimv2-tiny"
 
 
@@ -98,6 +101,14 @@ def test_fully_decoupled_weight_decay_follows_the_schedule():
     assert torch.equal(model[0].bias, b0)  # biases and norms are not decayed
     assert all(g["weight_decay"] == 0 for g in build_optimizer(model, o, highres=True).param_groups)
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_reinit_linears_is_truncated_normal():
+    model = AIMv2(AIMv2Config(encoder=encoder_config("micro", image_size=28), decoder=SMALL_DECODER, eot_id=15))
+    reinit_linears(model, 0.02)
+    w = model.encoder.trunk.blocks[0].mlp.fc1.weight
+    assert abs(float(w.std()) - 0.02) < 0.003 and float(w.abs().max()) <= 0.04
+    assert not model.decoder.pixel_head.bias.any()
 
 
 def test_paper_recipe_is_table_a1():
@@ -227,11 +238,7 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
 
 
 def test_nan_loss_is_a_user_error(tmp_path):
-    enc = encoder_config("micro", image_size=28)
-    from aimv2_eval.core.decoder import DecoderConfig
-
-    model = AIMv2(AIMv2Config(encoder=enc, decoder=DecoderConfig(width=32, depth=1, num_heads=2, vocab_size=16,
-                                                                 max_text_len=8), eot_id=15))
+    model = AIMv2(AIMv2Config(encoder=encoder_config("micro", image_size=28), decoder=SMALL_DECODER, eot_id=15))
 
     def nan_samples(position, area):
         return torch.full((3, 28, 28), float("nan")), torch.tensor([1, 2, 15, 0, 0, 0, 0, 0])

@@ -249,9 +249,9 @@ class ScenePairs:
 
 DIGIT_TEMPLATES = (
     "a handwritten digit {d}.",
-    "the number {w}, written by hand.",
+    "the number {d} ({w}), written by hand.",
     "a {fg} handwritten {d} on a {bg} background.",
-    "a blurry picture of the digit {w}.",
+    "a blurry picture of the digit {d}.",
     "a scanned digit: {d}.",
 )
 
