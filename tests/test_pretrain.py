@@ -106,7 +106,7 @@ def test_fully_decoupled_weight_decay_follows_the_schedule():
 def test_reinit_linears_is_truncated_normal():
     model = AIMv2(AIMv2Config(encoder=encoder_config("micro", image_size=28), decoder=SMALL_DECODER, eot_id=15))
     reinit_linears(model, 0.02)
-    w = model.encoder.trunk.blocks[0].mlp.fc1.weight
+    w = model.encoder.trunk.blocks[0].mlp.fc1.weight.detach()
     assert abs(float(w.std()) - 0.02) < 0.003 and float(w.abs().max()) <= 0.04
     assert not model.decoder.pixel_head.bias.any()
 
@@ -297,3 +297,68 @@ def test_tiny_checkpoint_loads_and_encodes():
     tok = load_tokenizer(TINY_DIR / "tokenizer.json")
     model = build_model(meta["recipe"], tok)
     init_from(model, TINY_DIR)
+
+
+def _scene_batch(n: int, seed: int):
+    from aimv2_eval.commands.pretrain import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from aimv2_eval.data.scenes import SceneDataset
+
+    scenes = [SceneDataset(n, seed=seed, image_size=112)[i] for i in range(n)]
+    x = torch.from_numpy(np.stack([np.asarray(s.image, np.float32) / 255 for s in scenes])).permute(0, 3, 1, 2)
+    mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    return scenes, (x - mean) / std
+
+
+def _attentive_probe(tokens: torch.Tensor, labels: np.ndarray, steps: int = 500) -> float:
+    """A one-query attentive probe (the paper's probe, minimal) on frozen tokens; 60/40 split; test accuracy."""
+    torch.manual_seed(0)
+    k, y = int(0.6 * len(labels)), torch.as_tensor(labels)
+    t = (tokens - tokens[:k].mean((0, 1))) / tokens[:k].std((0, 1))
+    d = t.shape[-1]
+    query, kv, head = torch.nn.Parameter(torch.zeros(1, 1, d)), torch.nn.Linear(d, 2 * d), torch.nn.Linear(d, int(y.max()) + 1)
+    opt = torch.optim.AdamW([query, *kv.parameters(), *head.parameters()], lr=1e-3, weight_decay=1e-2)
+
+    def forward(z):
+        keys, values = kv(z).chunk(2, -1)
+        attn = torch.softmax((query * keys).sum(-1) / d**0.5, -1)
+        return head((attn[..., None] * values).sum(1))
+
+    for _ in range(steps):
+        idx = torch.randint(0, k, (64,))
+        loss = torch.nn.functional.cross_entropy(forward(t[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((forward(t[k:]).argmax(-1) == y[k:]).float().mean())
+
+
+def test_tiny_checkpoint_learned_to_see_colours():
+    """The committed model against a random-init twin, on scenes it never saw (seed 123): its decoder names the colour
+    of the largest object (the first colour word of the caption), and an attentive probe on its frozen tokens reads
+    that colour better. Measured: decoder 0.83 (random twin 0.16); probe 0.80 vs 0.70."""
+    from aimv2_eval.data.scenes import COLORS
+
+    meta = json.loads((TINY_DIR / "pretrain.json").read_text())
+    tok = load_tokenizer(TINY_DIR / "tokenizer.json")
+    trained = build_model(meta["recipe"], tok)
+    init_from(trained, TINY_DIR)
+    torch.manual_seed(0)
+    random = build_model(meta["recipe"], tok)
+    scenes, x = _scene_batch(480, seed=123)
+    ids = tok([s.caption for s in scenes])
+    colour_ids = [int(tok(c)[0, 1]) for c in COLORS]
+    targets = [colour_ids[list(COLORS).index(s.objects[0].color)] for s in scenes]
+    first = [row.tolist().index(t) for row, t in zip(ids, targets)]  # the largest object is named first
+    labels = np.array([list(COLORS).index(s.objects[0].color) for s in scenes])
+    acc, probe = {}, {}
+    for name, model in (("trained", trained), ("random", random)):
+        model.eval()
+        with torch.no_grad():
+            tokens = model.encoder(x)
+            _, logits = model.decoder(tokens[:120], ids[:120])  # logits[:, t] predicts text token t
+        pred = [colour_ids[int(logits[b, first[b], colour_ids].argmax())] for b in range(120)]
+        acc[name] = np.mean([p == t for p, t in zip(pred, targets[:120])])
+        probe[name] = _attentive_probe(tokens, labels)
+    assert acc["trained"] > 0.6 and acc["random"] < 0.4, acc
+    assert probe["trained"] > probe["random"] + 0.03, probe

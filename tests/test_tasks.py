@@ -32,6 +32,8 @@ def numbers(text: str) -> list[float]:
 
 
 def table(name: str) -> list[dict]:
+    if not (TABLES / name).is_file():
+        pytest.skip(f"the paper's tables are not at {TABLES} (the shared/ folder beside the checkout)")
     with open(TABLES / name) as f:
         return list(csv.DictReader(f))
 

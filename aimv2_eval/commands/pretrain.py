@@ -267,7 +267,7 @@ def _readme(cfg: dict, command: str, summary: dict, model: AIMv2, files: dict[st
         f"decoder {model.cfg.decoder.width}-d x {model.cfg.decoder.depth}, vocabulary {model.cfg.decoder.vocab_size}",
         f"- {summary['steps']} steps of batch {cfg['batch']['size']} ({summary['samples_seen']} samples), "
         f"peak lr {peak_lr(cfg)}, warmup {cfg['optim']['warmup_steps']}",
-        f"- wall time: {summary['elapsed_s']:.0f} s on {torch.get_num_threads()} CPU threads, "
+        f"- wall time: {summary['elapsed_s']:.0f} s on {torch.get_num_threads()} CPU thread(s), "
         f"{summary.get('cpu_s', 0):.0f} CPU-seconds (torch {torch.__version__})",
         f"- final losses (mean of the last {cfg['run']['log_every']} steps): loss {last.get('loss', float('nan')):.4f}, "
         f"loss_img {last.get('loss_img', float('nan')):.4f}, loss_text {last.get('loss_text', float('nan')):.4f}",

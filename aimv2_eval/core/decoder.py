@@ -20,7 +20,7 @@ class DecoderConfig:
     depth: int = 12  # Table 1: L_dec = 12
     num_heads: int = 8
     vocab_size: int = 49408  # CLIP BPE
-    max_text_len: int = 77  # Table A1: captions truncated to 77 tokens
+    max_text_len: int = 77  # CLIP context length: captions truncated to 77 tokens
     norm_eps: float = 1e-5
 
     def to_dict(self) -> dict:

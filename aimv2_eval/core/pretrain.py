@@ -74,7 +74,7 @@ class PretrainConfig:
     ckpt_every: int = 1000
     stop_after: int | None = None  # stop (checkpointed) after this step without finishing: a planned preemption
     device: str = "auto"
-    dtype: str = "float32"  # autocast dtype: float32 (none), bfloat16, float16
+    dtype: str = "float32"  # autocast dtype: float32 (none) or bfloat16 (no loss scaling needed)
     save_dtype: str = "float32"
     progress: bool = True
 
@@ -110,7 +110,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, highres: bool = False)
         {"params": [p for n, p in named if not _no_decay(n, p)], "weight_decay": wd / optim.lr},
         {"params": [p for n, p in named if _no_decay(n, p)], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.betas[0], optim.betas[1]), eps=optim.eps)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -193,7 +193,8 @@ def batches(sample_fn: SampleFn, cfg: PretrainConfig, step: int, position: int) 
 
 # ---------------------------------------------------------------- checkpoints
 def _rng_state() -> dict:
-    key, state, pos, has_gauss, cached = np.random.get_state()
+    key, state, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state = np.asarray(state)
     return {"torch": torch.get_rng_state(), "numpy": (key, torch.from_numpy(state.astype(np.int64)), pos, has_gauss,
                                                        cached), "python": random.getstate()}
 
@@ -315,6 +316,8 @@ def pretrain(model: AIMv2, sample_fn: SampleFn, cfg: PretrainConfig, meta: dict 
     model.to(device).train()
     opt = build_optimizer(model, cfg.optim, cfg.highres)
     sched = build_scheduler(opt, cfg.optim)
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"run.dtype must be float32 or bfloat16, got {cfg.dtype!r}")
     autocast_dtype = getattr(torch, cfg.dtype)
 
     step, position, elapsed, cpu = 0, 0, 0.0, 0.0
