@@ -40,6 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from aimv2_eval.data.sources import LabelledImages, limit, open_split, stratified_holdout
+from aimv2_eval.data.threads import one_thread
 from aimv2_eval.errors import UserError
 from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, barrier, broadcast_object, shard
 from aimv2_eval.metrics import TOPK, topk_correct
@@ -141,20 +142,6 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> floa
 
 
 # ---------------------------------------------------------------- data
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Per-image transforms are tiny tensor ops: intra-op threads only add synchronisation (DataLoader workers run
-    single-threaded anyway; this does the same when transforms run in the main process)."""
-    n = torch.get_num_threads()
-    if n > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n > 1:
-            torch.set_num_threads(n)
-
-
 class SampleSet(torch.utils.data.Dataset):
     """(image tensor, label) of a split. Random augmentation is seeded by (seed, epoch, sample), so the same sample
     gets the same crop whatever the worker, rank or resume point: sharded and resumed runs equal one-process runs."""
@@ -167,7 +154,7 @@ class SampleSet(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with _one_thread():
+        with one_thread():
             return self._get(i)
 
     def _get(self, i: int) -> tuple[torch.Tensor, int]:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from aimv2_eval.backbones import build_eval_transform
 from aimv2_eval.data.sources import LabelledImages
+from aimv2_eval.data.threads import one_thread
 from aimv2_eval.errors import UserError
 from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, shard
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
@@ -74,22 +75,8 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Any, int]:
         image, target = self.get(i)
-        with _one_thread():
+        with one_thread():
             return self.transform(image), target, i
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Per-image transforms are tiny tensor ops: intra-op threads only add synchronisation (100x slower on a busy
-    2-core machine). DataLoader workers are single-threaded anyway; this does the same in the main process."""
-    n = torch.get_num_threads()
-    if n > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n > 1:
-            torch.set_num_threads(n)
 
 
 class _PairItem:
