@@ -23,29 +23,12 @@ from aimv2_eval.report import references, regress, store
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "embedded" / "references.csv"
 DEFAULT_TASKS = ("digits_probe", "scenes_probe")
-# The run command's option for its records folder, whichever of these names it uses.
-_RECORDS_OPTIONS = ("--records", "--out", "--output-dir", "--output", "--results")
-
-
-def records_option() -> str:
-    """The `aimv2-eval run` option that sets where records go, read from its own parser."""
-    from aimv2_eval.cli import build_parser
-
-    parser = build_parser(["run"])
-    run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
-    known = {s for action in run._actions for s in action.option_strings}
-    for option in _RECORDS_OPTIONS:
-        if option in known:
-            return option
-    raise SystemExit(f"`aimv2-eval run` has none of {_RECORDS_OPTIONS}; pass --records-option")
-
-
-def run_cells(backbone: str, tasks: list[str], seeds: list[int], run_args: str, records: Path, option: str) -> None:
+def run_cells(backbone: str, tasks: list[str], seeds: list[int], run_args: str, records: Path) -> None:
     from aimv2_eval.cli import main as cli
 
     for task in tasks:
         for seed in seeds:
-            argv = ["run", "--backbone", backbone, "--task", task, "--seed", str(seed), option, str(records)]
+            argv = ["run", "--backbone", backbone, "--task", task, "--seed", str(seed), "--out", str(records)]
             argv += shlex.split(run_args)
             print("aimv2-eval", shlex.join(argv), flush=True)
             rc = cli(argv)
@@ -60,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--run-args", default="", help="extra `aimv2-eval run` arguments, stored with the references")
     p.add_argument("--records", type=Path, help="keep the runs' records here (default: a temporary folder)")
-    p.add_argument("--records-option", help="the run command's records-folder option (default: read from it)")
     p.add_argument("--from-records", type=Path, help="pin from existing records instead of running")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -70,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="pin-") as tmp:
             folder = args.records or Path(tmp)
-            run_cells(args.backbone, args.tasks, args.seeds, args.run_args, folder,
-                      args.records_option or records_option())
+            run_cells(args.backbone, args.tasks, args.seeds, args.run_args, folder)
             records = store.load_records(folder)
         records = [r for r in records if r["cell"]["backbone"] == args.backbone and r["cell"]["task"] in args.tasks]
     rows = regress.pin_rows(records, setting=args.run_args)

@@ -8,7 +8,6 @@ Extra `aimv2-eval run` arguments (device, precision, batch size): AIMV2_EVAL_PAP
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 from pathlib import Path
@@ -31,13 +30,6 @@ def _cells() -> list[tuple[str, str]]:
     if not chosen:
         return DEFAULT_CELLS
     return [tuple(c.split(":", 1)) for c in chosen.split(",") if c]  # type: ignore[misc]
-
-
-def _records_option() -> str:
-    spec = importlib.util.spec_from_file_location("pin_embedded_refs", REPO / "scripts" / "pin_embedded_refs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.records_option()
 
 
 @pytest.mark.parametrize(("backbone", "task"), _cells(), ids=lambda x: x)
@@ -64,6 +56,6 @@ def test_paper_cell(backbone, task, tmp_path):
 
     records = tmp_path / "records"
     extra = shlex.split(os.environ.get("AIMV2_EVAL_PAPER_RUN_ARGS", ""))
-    argv = ["run", "--backbone", backbone, "--task", task, _records_option(), str(records), *extra]
+    argv = ["run", "--backbone", backbone, "--task", task, "--out", str(records), *extra]
     assert cli(argv) == 0
     assert cli(["regress", "--records", str(records), "--references", str(PAPER_DIR)]) == 0

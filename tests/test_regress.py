@@ -153,7 +153,7 @@ def _pinned() -> list[references.Reference]:
 def _run_pinned(ref: references.Reference, records: Path) -> None:
     pin = _pin_script()
     seed = int(ref.extra.get("seeds", "0").split()[0])
-    pin.run_cells(ref.backbone, [ref.task], [seed], ref.setting, records, pin.records_option())
+    pin.run_cells(ref.backbone, [ref.task], [seed], ref.setting, records)
 
 
 @pytest.mark.parametrize("ref", _pinned() or [None], ids=lambda r: f"{r.backbone}-{r.task}" if r else "unpinned")
