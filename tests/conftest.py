@@ -12,3 +12,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Small models and per-sample ops run faster on one intra-op thread (2 contend on a 2-core machine).
+
+    Test modules of many small CPU ops opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

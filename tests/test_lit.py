@@ -30,14 +30,7 @@ from aimv2_eval.tasks import load_task
 EOT = 49407
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These runs are many small CPU ops: on the shared 2-core machine one intra-op thread is far faster than two
-    (the embedded run: 21 s wall / 13 CPU-s with one thread, 53 s / 39 CPU-s with two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CAPTIONS = ["a photo of a cat", "a dog", "a much longer caption about a small red star on a striped background"]
 

@@ -57,13 +57,7 @@ def _overrides(out_dir, objective="aimv2", steps=24, **extra):
     return [f"{k}={'null' if v is None else v}" for k, v in over.items()]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Micro models on a shared 2-core machine run fastest on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(out_dir, **kw):

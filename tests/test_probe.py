@@ -19,14 +19,7 @@ from aimv2_eval.plugins import RunOptions, get_plugin
 from aimv2_eval.plugins.probe import ChannelNorm, FeatureCache, ProbeGrid, SampleSet, cache_key, lr_at, train_transform
 from aimv2_eval.tasks import load_task
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor ops on a shared 2-core machine run faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PatchMeans(Backbone):

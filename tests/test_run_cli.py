@@ -20,12 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "aimv2-tiny"] + ([] if get_spec("aimv2-tiny").weights_present() else ["--random-init"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def records(out: Path) -> list[Path]:
