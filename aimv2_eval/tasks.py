@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
+from aimv2_eval.config import deep_merge
 from aimv2_eval.errors import UserError
+from aimv2_eval.plugins.registry import PLUGINS
 from aimv2_eval.registry import Registry
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "tasks"
@@ -59,13 +61,6 @@ class TaskSpec:
         }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise UserError(f"{path}: include cycle ({' -> '.join(str(p) for p in (*seen, path))}); remove one include")
@@ -79,14 +74,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise UserError(f"{path} must hold a mapping of task fields, got {type(raw).__name__}")
     include = raw.pop("include", None)
     if include:
-        raw = _merge(_read_yaml((path.parent / include).resolve(), (*seen, path)), raw)
+        raw = deep_merge(_read_yaml((path.parent / include).resolve(), (*seen, path)), raw)
     return raw
 
 
 def parse_task(path: Path) -> TaskSpec:
     """Read and validate one task file (structure only; plugins validate their own protocol when they run)."""
-    from aimv2_eval.plugins import PLUGINS
-
     path = Path(path)
     raw = _read_yaml(path.resolve())
     name = raw.get("name", path.stem)

@@ -31,7 +31,7 @@ def _peak_mb() -> float:
 
 def measure_tiny(steps: int) -> dict:
     """The tiny recipe end to end (data generation, tokenization, forward, backward, AdamW), a few steps."""
-    from aimv2_eval.commands.pretrain import load_config, run
+    from aimv2_eval.pretraining import load_config, run
 
     with tempfile.TemporaryDirectory() as tmp:
         log_every = max(1, steps // 3)

@@ -16,7 +16,6 @@ from aimv2_eval.data.pairs import (
     ScenePairs,
     TarPairs,
     build_source,
-    to_rgb,
 )
 from aimv2_eval.data.scenes import COLORS, SHAPES, SceneDataset, generate_scene, plural, swap_left_right
 from aimv2_eval.errors import UserError
@@ -142,16 +141,6 @@ def test_aspect_ratios_keep_the_area():
 
 
 # ---------------------------------------------------------------- pairs
-def test_to_rgb_handles_modes():
-    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
-    assert to_rgb(Image.new("L", (4, 4), 7)).getpixel((0, 0)) == (7, 7, 7)
-    i16 = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))
-    assert to_rgb(i16).getpixel((1, 0)) == (255, 255, 255)
-    assert to_rgb(Image.new("CMYK", (2, 2))).mode == "RGB"
-    assert to_rgb(Image.new("P", (2, 2))).mode == "RGB"
-
-
 def test_folder_pairs(tmp_path):
     Image.new("RGBA", (10, 8), (0, 0, 255, 255)).save(tmp_path / "a.png")
     (tmp_path / "a.txt").write_text("a blue square on the left\n")
@@ -221,13 +210,30 @@ def test_digit_and_scene_pairs_and_mixture():
     d = int(digits.targets[10])
     assert str(d) in p.caption or ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
                                    "nine"][d] in p.caption
-    scenes = ScenePairs(n=20, seed=0, image_size=48)
+    scenes = ScenePairs.generate(n=20, seed=0, image_size=48)
     assert scenes[3].caption == scenes.scenes[3].caption and scenes[3].flipped().scene.mirrored
     mix = Mixture([scenes, digits], [0.75, 0.25], seed=0)
     keys = [mix[i].key for i in range(400)]
     assert keys == [mix[i].key for i in range(400)]  # deterministic
     frac = np.mean([k.startswith("scene") for k in keys])
     assert 0.68 < frac < 0.82
+
+
+def test_scene_pairs_pick_indices_and_list_captions_without_rendering(monkeypatch):
+    ds = SceneDataset(30, seed=2, image_size=32)
+    picked = ScenePairs(ds, [5, 2, 9])
+    assert len(picked) == 3 and picked[1].caption == ds[2].caption and picked[1].key == "scene-2"
+    assert picked[1].image.tobytes() == ds[2].image.tobytes()
+    for bad in (3, -1):
+        with pytest.raises(IndexError):
+            picked[bad]
+
+    def no_render(self):
+        raise AssertionError("captions() rendered a scene")
+
+    monkeypatch.setattr("aimv2_eval.data.scenes.Scene._render", no_render)
+    assert picked.captions() == [ds[i].caption for i in (5, 2, 9)]
+    assert len(ScenePairs(ds).captions()) == 30
 
 
 def test_build_source_errors():

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from aimv2_eval.errors import UserError
+from aimv2_eval.io import atomic_write, write_json_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -43,11 +44,10 @@ def collect_images(paths: list[str]) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from PIL import Image
     from safetensors.torch import save_file
 
     from aimv2_eval.backbones import build_eval_transform, create_backbone
-    from aimv2_eval.report.store import write_json_atomic
+    from aimv2_eval.data.images import open_image
 
     files = collect_images(args.images)
     backbone = create_backbone(args.backbone, pretrained=not args.random_init, weights=args.weights).to(args.device)
@@ -56,21 +56,14 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with torch.inference_mode():
         for i, f in enumerate(files):
-            try:
-                image = Image.open(f)
-            except OSError as exc:
-                raise UserError(f"cannot open {f} as an image ({exc}); remove it or convert it") from None
-            out = backbone.tokens(transform(image)[None].to(args.device))
+            out = backbone.tokens(transform(open_image(f))[None].to(args.device))
             tensors[f"image/{i}"] = out.tokens[0].float().cpu().contiguous()
             grids.append(list(out.grid))
     elapsed = time.perf_counter() - start
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
     meta = {"backbone": backbone.meta.name, "weights_id": backbone.weights_id,
             "files": json.dumps([str(f) for f in files]), "grids": json.dumps(grids)}
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(out_path)
+    atomic_write(out_path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     write_json_atomic(out_path.with_suffix(".json"), {**meta, "files": [str(f) for f in files], "grids": grids,
                                                        "images_per_s": len(files) / max(elapsed, 1e-9)})
     print(f"encoded {len(files)} images with {backbone.meta.name} ({len(files) / elapsed:.1f} img/s) -> {out_path}")

@@ -11,7 +11,6 @@ Several sources mix with sampling probabilities, as the paper's data mixture (Ta
 
 from __future__ import annotations
 
-import io
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,42 +18,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from aimv2_eval.data.images import open_image, to_rgb
 from aimv2_eval.data.scenes import BACKGROUND_COLORS, COLORS, DIGIT_WORDS, Scene, SceneDataset, swap_left_right
 from aimv2_eval.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TEXT_EXTS = (".txt", ".caption", ".text")
-
-
-# ---------------------------------------------------------------- images
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB: transparency composited on white, 16/32-bit greyscale rescaled, palette/CMYK converted."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def open_image(src: str | Path | bytes, where: str) -> Image.Image:
-    """Decode an image file or bytes to RGB; a broken file is a UserError naming it."""
-    try:
-        img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {where} ({type(exc).__name__}: {exc}); remove or replace the file") from None
-    return to_rgb(img)
 
 
 @dataclass
@@ -217,14 +188,12 @@ class HFPairs:
         row = self.ds[index]
         value, text = row[self.image_column], row[self.text_column]
         where = f"{self.name} row {index}"
-        if isinstance(value, Image.Image):
-            img = to_rgb(value)
+        if isinstance(value, Image.Image | np.ndarray):
+            img = to_rgb(value, where)
         elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
             img = open_image(value.get("bytes") or value["path"], where)
         elif isinstance(value, bytes | str | Path):
             img = open_image(value, where)
-        elif isinstance(value, np.ndarray):
-            img = to_rgb(Image.fromarray(value))
         else:
             raise UserError(f"{where}: column {self.image_column!r} holds {type(value).__name__}, not an image")
         if isinstance(text, list):  # several captions per image: take the first
@@ -234,17 +203,35 @@ class HFPairs:
 
 # ---------------------------------------------------------------- embedded data
 class ScenePairs:
-    def __init__(self, n: int = 10_000, seed: int = 0, image_size: int = 224,
-                 aspect_ratios: Sequence[float] = (1.0,), **scene_kwargs: Any) -> None:
-        self.scenes = SceneDataset(n, seed, image_size, tuple(aspect_ratios), **scene_kwargs)
-        self.name = f"scenes:{n}@{seed}"
+    """Scenes with their captions: every scene of `scenes`, or only those at `indices` (in that order)."""
+
+    def __init__(self, scenes: SceneDataset, indices: Sequence[int] | None = None) -> None:
+        self.scenes = scenes
+        self.indices = [int(i) for i in indices] if indices is not None else None
+        self.name = f"scenes:{scenes.n}@{scenes.seed}" + (f"[{len(self.indices)} picked]" if self.indices is not None
+                                                          else "")
+
+    @classmethod
+    def generate(cls, n: int = 10_000, seed: int = 0, image_size: int = 224, aspect_ratios: Sequence[float] = (1.0,),
+                 **scene_kwargs: Any) -> ScenePairs:
+        """All `n` scenes of a new `SceneDataset` (the `scenes` kind of a data config)."""
+        return cls(SceneDataset(n, seed, image_size, tuple(aspect_ratios), **scene_kwargs))
 
     def __len__(self) -> int:
-        return len(self.scenes)
+        return len(self.indices) if self.indices is not None else len(self.scenes)
+
+    def _scene_index(self, index: int) -> int:
+        _check_index(index, len(self))
+        return self.indices[index] if self.indices is not None else index
 
     def __getitem__(self, index: int) -> Pair:
-        s = self.scenes[index]
-        return Pair(s.image, s.caption, f"scene-{index}", s)
+        i = self._scene_index(index)
+        s = self.scenes[i]
+        return Pair(s.image, s.caption, f"scene-{i}", s)
+
+    def captions(self) -> list[str]:
+        """Every caption, without rendering a pixel (a scene draws itself only when its image is read)."""
+        return [self.scenes[self._scene_index(k)].caption for k in range(len(self))]
 
 
 DIGIT_TEMPLATES = (
@@ -345,7 +332,7 @@ def build_source(spec: dict | list, seed: int = 0) -> PairSource:
         if kind == "hf":
             return HFPairs(spec.pop("path"), **spec)
         if kind == "scenes":
-            return ScenePairs(**spec)
+            return ScenePairs.generate(**spec)
         if kind == "digits":
             return DigitPairs(**spec)
     except (KeyError, TypeError) as exc:

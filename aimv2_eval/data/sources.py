@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from aimv2_eval.data.images import open_image, to_rgb
+from aimv2_eval.data.scenes import SceneDataset
 from aimv2_eval.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -38,21 +40,6 @@ def data_root(explicit: str | Path | None = None) -> Path:
     if explicit:
         return Path(explicit).expanduser()
     return Path(os.environ.get(DATA_ROOT_ENV, "~/data")).expanduser()
-
-
-def to_rgb(img: Image.Image, where: str = "") -> Image.Image:
-    """Any PIL mode -> RGB. 16-bit and float greyscale are scaled to 8 bits first (a plain convert would clip)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        a = np.asarray(img, dtype=np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(a.astype(np.uint8), "L")
-    try:
-        return img.convert("RGB")
-    except (ValueError, OSError) as exc:
-        raise UserError(f"cannot convert image {where} from mode {img.mode} to RGB ({exc}); re-save it as RGB") from None
 
 
 # ---------------------------------------------------------------- image loaders (picklable, for DataLoader workers)
@@ -71,13 +58,7 @@ class _FileImages:
         self.paths = [str(p) for p in paths]
 
     def __call__(self, i: int) -> Image.Image:
-        path = self.paths[i]
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return img
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"cannot read image {path} ({exc}); delete or replace the file") from None
+        return open_image(self.paths[i])
 
 
 class _HFImages:
@@ -91,8 +72,10 @@ class _HFImages:
         return img
 
 
-class _SceneImages:
-    def __init__(self, scenes: Any) -> None:
+class SceneImages:
+    """Scene index -> image, rendered on demand (deterministic in the dataset's seed and the index)."""
+
+    def __init__(self, scenes: SceneDataset) -> None:
         self.scenes = scenes
 
     def __call__(self, i: int) -> Image.Image:
@@ -274,15 +257,13 @@ def open_fashion_mnist(cfg: dict, split: str) -> LabelledImages:
 
 def open_scenes(cfg: dict, split: str) -> LabelledImages:
     """The procedural scene dataset (aimv2_eval.data.scenes); label = shape of the largest object."""
-    from aimv2_eval.data.scenes import SceneDataset
-
     seeds = cfg.get("seeds", {"train": 0, "test": 1})
     sizes = cfg.get("sizes", {"train": 512, "test": 256})
     image_size = int(cfg.get("image_size", 112))
     scenes = SceneDataset(n=int(sizes[split]), seed=int(seeds[split]), image_size=image_size)
     labels = np.array([scenes[i].label for i in range(len(scenes))])  # renders each scene once (masks decide)
     ident = f"scenes:seed{seeds[split]}:n{sizes[split]}:{image_size}px"
-    return LabelledImages(ident, labels, len(scenes.label_names), _SceneImages(scenes), list(scenes.label_names))
+    return LabelledImages(ident, labels, len(scenes.label_names), SceneImages(scenes), list(scenes.label_names))
 
 
 def _embedded_pool(cfg: dict, split: str) -> LabelledImages:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from aimv2_eval.errors import UserError
+from aimv2_eval.io import write_json_atomic
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("aimv2-eval", "torch", "torchvision", "timm", "open-clip-torch", "transformers", "numpy")
@@ -39,23 +38,6 @@ def safe_name(name: str) -> str:
 
 def cell_path(root: Path, backbone: str, task: str, phash: str, seed: int) -> Path:
     return Path(root) / safe_name(backbone) / safe_name(task) / f"{phash}-seed{seed}.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def git_revision() -> str | None:

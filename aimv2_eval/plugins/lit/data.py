@@ -20,8 +20,9 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from aimv2_eval.data.pairs import ScenePairs, build_source
 from aimv2_eval.data.scenes import COLORS, SHAPES, SceneDataset
-from aimv2_eval.data.sources import LabelledImages, limit, open_split
+from aimv2_eval.data.sources import LabelledImages, SceneImages, limit, open_split
 from aimv2_eval.errors import UserError
 from aimv2_eval.plugins.lit.zeroshot import resolve_classnames
 
@@ -73,35 +74,15 @@ class SourcePairs:
         pair = self.source[index]
         return pair.image, pair.caption
 
+    def captions(self) -> list[str]:
+        """Every caption; without decoding images where the source can (scenes)."""
+        own = getattr(self.source, "captions", None)
+        if callable(own):
+            return own()[: self.size]
+        return [self.source[i].caption for i in range(self.size)]
+
 
 # ---------------------------------------------------------------- embedded: single-object scenes
-class _SceneImages:
-    """Picklable loader: scene index -> image (rendered on demand, deterministic in (seed, index))."""
-
-    def __init__(self, scenes: SceneDataset) -> None:
-        self.scenes = scenes
-
-    def __call__(self, index: int) -> Image.Image:
-        return self.scenes[int(index)].image
-
-
-class ScenePairs:
-    def __init__(self, scenes: SceneDataset, indices: list[int]) -> None:
-        self.scenes, self.indices = scenes, indices
-        self.identity = f"scene-objects:seed{scenes.seed}:{scenes.image_size}px:n{len(indices)}"
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
-        scene = self.scenes[self.indices[index]]
-        return scene.image, scene.caption
-
-    def captions(self) -> list[str]:
-        """Every caption, without rendering a pixel."""
-        return [self.scenes[i].caption for i in self.indices]
-
-
 def scene_class(scene: Any) -> int:
     obj = scene.objects[0]
     return SCENE_CLASSES.index(f"{obj.color} {obj.shape}")
@@ -146,7 +127,7 @@ def scene_object_data(cfg: dict[str, Any], image_size: int, limit_n: int | None 
     train_idx, _ = collect(train_scenes, {"train": (seen, n_train)})["train"]
     test = collect(test_scenes, {"unseen": (unseen, n_unseen), "seen": (seen, n_seen)})
     names = list(SCENE_CLASSES)
-    loader = _SceneImages(test_scenes)
+    loader = SceneImages(test_scenes)
 
     def split(name: str) -> LabelledImages:
         idx, labels = test[name]
@@ -161,7 +142,7 @@ def scene_object_data(cfg: dict[str, Any], image_size: int, limit_n: int | None 
     ]
     details = {"unseen_classes": sorted(unseen_names), "num_seen_classes": len(seen),
                "train_pairs": len(train_idx), "test_images": {"unseen": len(unseen_split), "seen": len(seen_split)}}
-    return LitData(ScenePairs(train_scenes, train_idx), evals, details)
+    return LitData(SourcePairs(ScenePairs(train_scenes, train_idx)), evals, details)
 
 
 # ---------------------------------------------------------------- from a task
@@ -176,8 +157,6 @@ def load_lit_data(data_cfg: dict[str, Any], protocol: dict[str, Any], data_root:
         if "pairs" not in data_cfg:
             raise UserError("LiT training needs data.pairs (image-caption sources, as for pretraining: folder, "
                             "webdataset, hf, scenes, digits)")
-        from aimv2_eval.data.pairs import build_source
-
         train = SourcePairs(build_source(data_cfg["pairs"], seed), limit_n)
     classnames = resolve_classnames(protocol["classnames"])
     n = int(data_cfg.get("num_classes", len(classnames)))

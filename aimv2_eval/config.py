@@ -1,0 +1,38 @@
+"""Nested config dicts (task YAMLs and their includes, pretraining recipes): one deep merge for all of them.
+
+A leaf module: every layer may import it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from aimv2_eval.errors import UserError
+
+
+def unknown_key(key: str, known: Iterable[str], where: str = "") -> UserError:
+    """The error for a config key that is not in `known`, with the closest known key (typos are the usual cause)."""
+    known = list(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {where}{close[0]}?" if close else f"; known: {', '.join(known)}"
+    return UserError(f"unknown config key {where}{key}{hint}")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any], strict: bool = False, where: str = "") -> dict[str, Any]:
+    """A copy of `base` with `over` merged in: nested dicts merge key by key, anything else is replaced.
+
+    With `strict`, every key of `over` must exist in `base` (a `UserError` names it, `where` is its dotted prefix);
+    an empty dict in `base` is free-form (it has no keys to check against).
+    """
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if strict and key not in base:
+            raise unknown_key(key, base, where)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = deep_merge(base[key], value, strict and bool(base[key]), f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -1,0 +1,75 @@
+"""Decoding images to RGB: one place for every data source (labelled splits, image-caption pairs, `encode`).
+
+Every encoder takes 3-channel 8-bit input, but files come in any PIL mode: palette, greyscale with or without
+alpha, 16-bit or float greyscale (medical and satellite scans), CMYK JPEGs. `to_rgb` converts each of them the
+same way everywhere; an image PIL cannot decode or convert is a `UserError` naming it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from aimv2_eval.errors import UserError
+
+# Greyscale wider than 8 bits: a plain convert would clip at 255, so these are rescaled to their own range.
+WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _rescale_grey(img: Image.Image) -> Image.Image:
+    a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.round(a).astype(np.uint8), "L")
+
+
+def to_rgb(img: Image.Image | np.ndarray, where: str = "") -> Image.Image:
+    """Any PIL image (or uint8 array) as RGB.
+
+    Wide greyscale is rescaled to 8 bits, transparency (alpha, or a palette's transparent colour) is composited on
+    white, palette / CMYK / YCbCr / LAB / 1-bit are converted by PIL. `where` names the image in the error.
+    """
+    what = f"image {where}" if where else "image"
+    if isinstance(img, np.ndarray):
+        arr = img
+        try:
+            img = Image.fromarray(arr)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{what}: an array of shape {arr.shape} and dtype {arr.dtype} is not an image "
+                            f"({_first_line(exc)}); store it as uint8 HxW or HxWx3") from None
+    if img.mode == "RGB":
+        return img
+    mode = img.mode
+    try:
+        if mode in WIDE_GREY_MODES:
+            img = _rescale_grey(img)
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        if img.mode in ALPHA_MODES:
+            rgba = img.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise UserError(f"cannot convert {what} from mode {mode} to RGB ({_first_line(exc)}); "
+                        "re-save it as RGB") from None
+
+
+def open_image(src: str | Path | bytes, where: str | None = None) -> Image.Image:
+    """Decode an image file (or its bytes) fully and return it as RGB; the file is closed on return."""
+    where = where if where is not None else str(src) if not isinstance(src, bytes) else "(bytes)"
+    try:
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
+            img.load()
+            return to_rgb(img, where)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"cannot read image {where} ({type(exc).__name__}: {_first_line(exc)}); "
+                        "remove or replace the file") from None
