@@ -17,6 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
+# The AIMv2 family's helpers for checkpoint formats that embed an AIMv2 image tower (LiT); importing them registers
+# the AIMv2 names early, which costs nothing (no heavy library).
+from aimv2_eval.backbones.aimv2 import (
+    aimv2_heads,
+    aimv2_keys_from_apple,
+    aimv2_keys_to_apple,
+    backbone_from_state,
+)
 from aimv2_eval.backbones.base import (
     BACKBONES,
     RESOLVERS,
@@ -24,9 +32,15 @@ from aimv2_eval.backbones.base import (
     Backbone,
     BackboneMeta,
     BackboneSpec,
+    Embed,
     Preprocess,
     TokenOutput,
+    WindowSpec,
+    evenly_spaced_global_blocks,
+    load_state_strict,
+    weights_checksum,
 )
+from aimv2_eval.core.checkpoints import read_weights
 from aimv2_eval.errors import UserError
 
 __all__ = [
@@ -35,13 +49,24 @@ __all__ = [
     "Backbone",
     "BackboneMeta",
     "BackboneSpec",
+    "Embed",
+    "WindowSpec",
+    "evenly_spaced_global_blocks",
     "Preprocess",
     "TokenOutput",
+    "aimv2_heads",
+    "aimv2_keys_from_apple",
+    "aimv2_keys_to_apple",
+    "backbone_from_state",
     "backbone_rows",
     "build_eval_transform",
     "create_backbone",
+    "describe_backbone",
     "get_spec",
     "list_backbones",
+    "read_weights",
+    "load_state_strict",
+    "weights_checksum",
 ]
 
 # resolvers are tried in this order for names the registry does not hold
@@ -73,11 +98,33 @@ def get_spec(name: str) -> BackboneSpec:
     raise UserError(BACKBONES.unknown_message(name))
 
 
-def create_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
-    """Build a backbone, frozen and in eval mode. pretrained=False: random weights, never a download.
-    weights: a local directory, a file or a hub id replacing the default source."""
+def create_backbone(name: str, pretrained: bool = True, weights: str | None = None, trainable: bool = False,
+                    drop_path_rate: float = 0.0, grad_checkpointing: bool = False) -> Backbone:
+    """Build a backbone. pretrained=False: random weights, never a download. weights: a local directory, a file or a
+    hub id replacing the default source.
+
+    Frozen (eval mode, no gradients) by default; trainable=True leaves every parameter with gradients and the
+    module in train mode, with stochastic depth up to `drop_path_rate` and optional activation checkpointing.
+    """
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise UserError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
     backbone = get_spec(name).build(pretrained=pretrained, weights=weights)
+    if drop_path_rate or grad_checkpointing:
+        backbone._vit()  # both act on ViT blocks: fail clearly for other families
+    backbone.trainable = trainable
+    backbone.drop_path_rate = float(drop_path_rate)
+    backbone.grad_checkpointing = grad_checkpointing
+    if trainable:
+        return backbone.train().requires_grad_(True)
     return backbone.eval().requires_grad_(False)
+
+
+def describe_backbone(name: str, weights: str | None = None) -> BackboneMeta:
+    """The full metadata of a backbone (family, width, depth, patch size, native resolution) without loading
+    weights: a random build on the meta device (a checkpoint on disk is read for its architecture only)."""
+    spec = get_spec(name)
+    with torch.device("meta"):
+        return spec.build(pretrained=False, weights=weights).meta
 
 
 def list_backbones(pattern: str | None = None) -> list[BackboneSpec]:

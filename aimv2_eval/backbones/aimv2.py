@@ -10,7 +10,6 @@ checkpoint takes the image as it is (no resize, no crop; trimmed to a multiple o
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,15 +24,14 @@ from aimv2_eval.backbones.base import (
     BackboneMeta,
     BackboneSpec,
     Preprocess,
-    TokenOutput,
     hf_cached,
-    layer_indices,
+    load_state_strict,
     register,
     weights_checksum,
 )
-from aimv2_eval.core.checkpoints import infer_config, load_encoder, read_checkpoint
+from aimv2_eval.core.checkpoints import from_apple, infer_config, load_encoder, read_checkpoint, to_apple
 from aimv2_eval.core.encoder import AIMv2Encoder, EncoderConfig
-from aimv2_eval.core.variants import encoder_config
+from aimv2_eval.core.variants import HEADS_BY_WIDTH, encoder_config
 from aimv2_eval.errors import UserError
 
 TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "aimv2-tiny"
@@ -63,19 +61,10 @@ class AIMv2Backbone(Backbone):
             num_prefix_tokens=0,
         )
 
-    def tokens(self, images: torch.Tensor, layers: Sequence[int] | None = None) -> TokenOutput:
-        images = self.check_images(images)
-        idx = layer_indices(layers, self.meta.depth)
-        x, inter, grid = self.encoder.forward_features(images, layers=idx or None)
-        return TokenOutput(tokens=x, grid=grid, prefix=None, layers=inter)
-
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patches + positions for any input size (edges trimmed to a multiple of the patch size)."""
-        return self.encoder.preprocessor(self.check_images(images))
-
     def anatomy(self) -> Anatomy:
         trunk = self.encoder.trunk
-        return Anatomy(self.embed, list(trunk.blocks), trunk.post_trunk_norm, num_prefix_tokens=0)
+        # the preprocessor module is the embedding: patches + positions for any input size
+        return Anatomy(self.encoder.preprocessor, trunk.blocks, trunk.post_trunk_norm, num_prefix_tokens=0)
 
 
 def aimv2_preprocess(cfg: EncoderConfig, folder: Path | None = None) -> Preprocess:
@@ -118,6 +107,31 @@ def random_from_source(name: str, source: str | Path) -> AIMv2Backbone:
     ckpt = read_checkpoint(source)
     cfg = infer_config(ckpt.encoder_state, ckpt.config)
     return AIMv2Backbone(AIMv2Encoder(cfg), name, aimv2_preprocess(cfg))
+
+
+def backbone_from_state(name: str, encoder_state: dict[str, torch.Tensor], config: dict, weights_path: Path,
+                        weights_id: str | None = None) -> AIMv2Backbone:
+    """A backbone from Apple-scheme encoder weights already read (the image tower inside a LiT checkpoint).
+
+    config: the checkpoint's vision config (may be empty); weights_path: the file they came from, for the error
+    message, the preprocessing (its folder's preprocessor_config.json) and the weights id (its sha256 unless given).
+    """
+    cfg = infer_config(encoder_state, config)
+    encoder = AIMv2Encoder(cfg)
+    load_state_strict(encoder, encoder_state, "image encoder", weights_path)
+    pre = aimv2_preprocess(cfg, weights_path.parent)
+    return AIMv2Backbone(encoder.eval(), name, pre, weights_id or weights_checksum(weights_path))
+
+
+def aimv2_heads(width: int) -> int | None:
+    """Attention heads of the released AIMv2 encoder of this width (head dim 128), None for other widths."""
+    return HEADS_BY_WIDTH.get(width)
+
+
+# Key-scheme conversion of AIMv2 encoder weights (Apple / transformers / timm), for checkpoint formats that embed an
+# AIMv2 encoder (LiT): to_apple -> (Apple-scheme encoder weights, the keys it does not know); from_apple(sd, scheme).
+aimv2_keys_to_apple = to_apple
+aimv2_keys_from_apple = from_apple
 
 
 # ---------------------------------------------------------------- released checkpoints

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -25,11 +25,10 @@ from aimv2_eval.backbones.base import (
     Backbone,
     BackboneMeta,
     BackboneSpec,
+    Embed,
     Preprocess,
-    TokenOutput,
     hf_cached,
     hf_download,
-    layer_indices,
     missing_weights,
     register,
     register_resolver,
@@ -51,6 +50,7 @@ class OpenCLIPViT(Backbone):
             raise UserError(f"{name}: only plain open_clip ViT towers are supported (not {type(visual).__name__} / attentional pooling)")
         if not visual.transformer.batch_first:
             raise UserError(f"{name}: open_clip tower is not batch-first; upgrade open-clip-torch")
+        visual.proj = None  # the image-text projection reads the pooled token, never the patch tokens
         self.visual = visual
         self.preprocess = preprocess
         self.weights_id = weights_id
@@ -80,20 +80,11 @@ class OpenCLIPViT(Backbone):
         x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
         return v.ln_pre(v.patch_dropout(x)), grid
 
-    def tokens(self, images: torch.Tensor, layers: Sequence[int] | None = None) -> TokenOutput:
-        images = self.check_images(images)
-        wanted = layer_indices(layers, self.meta.depth)
-        x, grid = self.embed(images)
-        kept: dict[int, torch.Tensor] = {}
-        for i, block in enumerate(self.visual.transformer.resblocks):
-            x = block(x)
-            if i in wanted:
-                kept[i] = x
-        x = self.visual.ln_post(x)
-        return TokenOutput(tokens=x[:, 1:], grid=grid, prefix=x[:, :1], layers=[kept[i][:, 1:] for i in wanted])
-
     def anatomy(self) -> Anatomy:
-        return Anatomy(self.embed, list(self.visual.transformer.resblocks), self.visual.ln_post, 1)
+        v = self.visual
+        parts = {"conv1": v.conv1, "class_embedding": v.class_embedding, "positional_embedding": v.positional_embedding,
+                 "ln_pre": v.ln_pre}
+        return Anatomy(Embed(self.embed, parts), v.transformer.resblocks, v.ln_post, 1)
 
 
 @contextlib.contextmanager

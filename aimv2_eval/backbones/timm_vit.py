@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -24,11 +23,10 @@ from aimv2_eval.backbones.base import (
     Backbone,
     BackboneMeta,
     BackboneSpec,
+    Embed,
     Preprocess,
-    TokenOutput,
     hf_cached,
     hf_download,
-    layer_indices,
     missing_weights,
     register,
     register_resolver,
@@ -53,6 +51,14 @@ class TimmViT(Backbone):
         self.model = model
         self.preprocess = preprocess
         self.weights_id = weights_id
+        # Parts a token forward never uses are dropped (DDP then needs no find_unused_parameters): the classifier
+        # and the attention-pool head (SigLIP's MAP) read pooled features, not tokens.
+        model.head = nn.Identity()
+        if getattr(model, "attn_pool", None) is not None:
+            model.attn_pool = None
+        # Average-pool models put their final norm after pooling (fc_norm); the tokens get that norm.
+        if not isinstance(model.norm, nn.Identity):
+            model.fc_norm = nn.Identity()
         pe = model.patch_embed
         self.meta = BackboneMeta(
             name=name,
@@ -64,6 +70,11 @@ class TimmViT(Backbone):
             any_resolution=False,
             num_prefix_tokens=model.num_prefix_tokens,
         )
+
+    @property
+    def final_norm(self) -> nn.Module:
+        m = self.model
+        return m.fc_norm if isinstance(m.norm, nn.Identity) else m.norm
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patches + positions (resampled to the input grid) + prefix tokens, then timm's pre-norm."""
@@ -88,26 +99,11 @@ class TimmViT(Backbone):
         x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
         return x, grid
 
-    def tokens(self, images: torch.Tensor, layers: Sequence[int] | None = None) -> TokenOutput:
-        images = self.check_images(images)
-        wanted = layer_indices(layers, self.meta.depth)
-        x, grid = self.embed(images)
-        kept: dict[int, torch.Tensor] = {}
-        for i, block in enumerate(self.model.blocks):
-            x = block(x)
-            if i in wanted:
-                kept[i] = x
-        x = self.model.norm(x)
-        p = self.meta.num_prefix_tokens
-        return TokenOutput(
-            tokens=x[:, p:],
-            grid=grid,
-            prefix=x[:, :p] if p else None,
-            layers=[kept[i][:, p:] for i in wanted],
-        )
-
     def anatomy(self) -> Anatomy:
-        return Anatomy(self.embed, list(self.model.blocks), self.model.norm, self.meta.num_prefix_tokens)
+        m = self.model
+        parts = {"patch_embed": m.patch_embed, "cls_token": m.cls_token, "reg_token": m.reg_token,
+                 "pos_embed": m.pos_embed, "norm_pre": m.norm_pre}
+        return Anatomy(Embed(self.embed, parts), m.blocks, self.final_norm, self.meta.num_prefix_tokens)
 
 
 def timm_preprocess(cfg: dict) -> Preprocess:

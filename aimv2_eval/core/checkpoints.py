@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from aimv2_eval.core.encoder import AIMv2Encoder, EncoderConfig
 from aimv2_eval.core.variants import HEADS_BY_WIDTH
 from aimv2_eval.errors import UserError
+from aimv2_eval.io import atomic_write, write_text_atomic
 
 SCHEMES = ("apple", "hf", "timm")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "model.pt", "model.pth")
@@ -270,31 +271,33 @@ class LoadedCheckpoint:
     extras: dict = field(default_factory=dict)
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def looks_like_hub_id(source: str) -> bool:
+    """`org/name` that is not a path on disk: a Hugging Face hub id."""
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and not Path(source).exists()
+
+
+def read_weights(source: str | Path, what: str = "checkpoint", hub_hint: str = "a hub id") -> tuple[StateDict, dict, Path]:
+    """The raw state dict, the config.json beside it ({} when absent) and the weights file of a directory, a weights
+    file or a hub id (cache first, then the network). Any key scheme; callers convert."""
+    src = str(source)
+    path = resolve_hub(src) if looks_like_hub_id(src) else Path(src).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"{what} not found: {path}; pass a directory (config.json + model.safetensors), a file, or {hub_hint}"
+        )
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        found = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+        if not found:
+            raise UserError(f"no weights in {path}: expected one of {', '.join(WEIGHT_FILES)}")
+        path = found[0]
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    return read_state_dict(path), config, path
 
 
 def read_checkpoint(source: str | Path) -> LoadedCheckpoint:
     """Resolve a directory, file or hub id to Apple-scheme encoder weights plus config."""
-    src = str(source)
-    path = resolve_hub(src) if _looks_like_hub_id(src) else Path(src).expanduser()
-    if not path.exists():
-        raise UserError(
-            f"checkpoint not found: {path}; pass a directory (config.json + model.safetensors), a file, or a hub id"
-        )
-    config: dict = {}
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            config = json.loads((path / "config.json").read_text())
-        found = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
-        if not found:
-            raise UserError(f"no weights in {path}: expected one of {', '.join(WEIGHT_FILES)}")
-        weights = found[0]
-    else:
-        weights = path
-        if (path.parent / "config.json").is_file():
-            config = json.loads((path.parent / "config.json").read_text())
-    raw = read_state_dict(weights)
+    raw, config, weights = read_weights(source)
     scheme = detect_scheme(raw)
     encoder_state, extra = to_apple(raw)
     return LoadedCheckpoint(encoder_state, extra, config.get("vision_config", config), scheme, weights)
@@ -318,14 +321,12 @@ def load_encoder(source: str | Path) -> tuple[AIMv2Encoder, LoadedCheckpoint]:
 def save_encoder(
     encoder: AIMv2Encoder, directory: str | Path, scheme: str = "apple", extra: StateDict | None = None
 ) -> Path:
-    """Write config.json + model.safetensors in `scheme`; written to temporary names first, then renamed."""
+    """Write config.json + model.safetensors in `scheme`, each atomically (weights first: a config never points
+    at half-written weights)."""
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     sd = from_apple({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, scheme)
     sd.update({k: v.detach().cpu().contiguous() for k, v in (extra or {}).items()})
-    tmp_w, tmp_c = out / ".model.safetensors.tmp", out / ".config.json.tmp"
-    save_file(sd, str(tmp_w), metadata={"format": "pt", "key_scheme": scheme})
-    tmp_c.write_text(json.dumps(config_json(encoder.cfg, scheme), indent=2))
-    tmp_w.replace(out / "model.safetensors")
-    tmp_c.replace(out / "config.json")
+    meta = {"format": "pt", "key_scheme": scheme}
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    write_text_atomic(out / "config.json", json.dumps(config_json(encoder.cfg, scheme), indent=2))
     return out

@@ -2,7 +2,7 @@
 
 image -> frozen backbone patch tokens -> attention-pooling head -> linear projection  \
                                                                                        > cosine logits x temperature
-caption -> text tower (first-EOT feature or pooled) -> linear projection              /
+caption -> text encoder's pooled vector -> linear projection                         /
 
 The attention-pooling head is the one of Apple's AIMv2-LiT (ml-aim `AttentionPoolingClassifier` with one query, no
 BatchNorm, no key/value bias, a linear output with bias); module names follow Apple's checkpoint so that
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aimv2_eval.backbones.base import Backbone
+from aimv2_eval.backbones import Backbone
+from aimv2_eval.text import TextEncoder
 
 LOSSES = ("softmax", "sigmoid")
 MAX_LOGIT_SCALE = 100.0  # Apple's AIMv2LiT: max_logit_scale (the log scale is clamped to [0, log 100])
@@ -70,7 +71,7 @@ class LiT(nn.Module):
     can be computed once).
     """
 
-    def __init__(self, image_tower: Backbone | None, image_dim: int, text_tower: nn.Module, projection_dim: int,
+    def __init__(self, image_tower: Backbone | None, image_dim: int, text_tower: TextEncoder, projection_dim: int,
                  head_heads: int | None = None, loss: str = "softmax") -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -111,8 +112,8 @@ class LiT(nn.Module):
         return self.embed_tokens(self.image_tokens(images))
 
     def text_features(self, batch: Any) -> torch.Tensor:
-        """Text tower output before the projection (cacheable when the tower is frozen)."""
-        return self.text_tower(batch)
+        """The text encoder's pooled vector before the projection (cacheable when the tower is frozen)."""
+        return self.text_tower.encode(batch)
 
     def embed_text(self, batch: Any) -> torch.Tensor:
         return self.text_projector(self.text_features(batch))
