@@ -17,15 +17,16 @@ from safetensors.torch import save_file
 from aimv2_eval.backbones import create_backbone
 from aimv2_eval.cli import main as cli
 from aimv2_eval.data.tokenizer import ClipTokenizer
+from aimv2_eval.engine import Checkpointer
 from aimv2_eval.errors import UserError
 from aimv2_eval.launch.distributed import DistContext
 from aimv2_eval.plugins import PLUGINS, RunOptions, get_plugin
 from aimv2_eval.plugins.lit.checkpoint import build_lit, load_lit, read_lit, save_lit
 from aimv2_eval.plugins.lit.model import LiT, contrastive_loss
-from aimv2_eval.plugins.lit.text import HFTextEncoder, build_text_tower, minilm_dir
 from aimv2_eval.plugins.lit.zeroshot import build_classifier, imagenet_classnames, prompts, resolve_templates
 from aimv2_eval.report import references
 from aimv2_eval.tasks import load_task
+from aimv2_eval.text import HFTextEncoder, create_text_encoder, minilm_dir
 
 EOT = 49407
 
@@ -226,7 +227,7 @@ def test_losses():
 
 def test_text_tower_spec_and_minilm_pooling():
     with torch.device("meta"):  # the released design, without allocating it
-        tower = build_text_tower({"kind": "aimv2"})
+        tower = create_text_encoder({"kind": "aimv2"})
     cfg = tower.cfg
     assert (cfg.context_length, cfg.depth, cfg.width, cfg.num_heads, cfg.mlp_hidden) == (77, 12, 768, 6, 2048)
     assert tower.preprocessor.positional_embedding.shape == (77, 768)
@@ -235,7 +236,7 @@ def test_text_tower_spec_and_minilm_pooling():
     ours = HFTextEncoder("minilm").eval()
     theirs = SentenceTransformer(str(minilm_dir()), device="cpu")
     with torch.no_grad():
-        a = ours(ours.tokenize(CAPTIONS))
+        a = ours.encode(ours.tokenize(CAPTIONS))
     b = torch.as_tensor(theirs.encode(CAPTIONS))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -313,7 +314,7 @@ def test_checkpoint_mode_through_the_run_command(tmp_path, hf_model, capsys):
     assert "is not the image tower of" in capsys.readouterr().err
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
+def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     from aimv2_eval.plugins.lit.plugin import PLUGIN
 
     task = load_task("scenes_zeroshot_unseen")
@@ -322,7 +323,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     task = dataclasses.replace(task, protocol=protocol)
     torch.manual_seed(0)
     backbone = create_backbone("aimv2-tiny", pretrained=False)
-    spec = type("Spec", (), {"resolution": 112})()
+    spec = backbone.meta
 
     def run(**kw):
         options = RunOptions(epochs=2, limit=24, progress=False, **kw)
@@ -333,13 +334,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
     full = run()
 
-    def stop(epoch):
-        if epoch == 1:
+    original = Checkpointer.save
+
+    def save_then_stop(self, state):  # killed right after the first epoch's checkpoint
+        original(self, state)
+        if state["epochs_done"] == 1:
             raise KeyboardInterrupt
 
     ckpt = tmp_path / "cell.ckpt"
+    monkeypatch.setattr(Checkpointer, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        run(checkpoint=ckpt, on_epoch_end=stop)
+        run(checkpoint=ckpt)
+    monkeypatch.setattr(Checkpointer, "save", original)
     resumed = run(checkpoint=ckpt, resume=True)
     assert resumed.metrics == full.metrics
     assert resumed.details["train_loss_per_epoch"] == full.details["train_loss_per_epoch"]

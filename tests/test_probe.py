@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aimv2_eval.backbones.base import Backbone, BackboneMeta, BackboneSpec, Preprocess, TokenOutput
+from aimv2_eval.backbones.base import Backbone, BackboneMeta, Preprocess, TokenOutput
 from aimv2_eval.data.sources import open_split
 from aimv2_eval.launch.distributed import DistContext
 from aimv2_eval.plugins import RunOptions, get_plugin
-from aimv2_eval.plugins.probe import ChannelNorm, FeatureCache, ProbeGrid, SampleSet, cache_key, lr_at, train_transform
+from aimv2_eval.plugins.probe import ChannelNorm, FeatureCache, ProbeGrid, SampleSet, cache_key, train_transform
 from aimv2_eval.tasks import load_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,8 +41,8 @@ class PatchMeans(Backbone):
         return TokenOutput(torch.tanh(self.proj(x.flatten(2).transpose(1, 2))), (h, w))
 
 
-def spec_of(backbone: Backbone) -> BackboneSpec:
-    return BackboneSpec(backbone.meta.name, "test", backbone.meta.image_size, build=lambda **_: backbone)
+def spec_of(backbone: Backbone) -> BackboneMeta:
+    return backbone.meta
 
 
 # ---------------------------------------------------------------- architecture
@@ -107,15 +107,6 @@ def test_heads_start_identical_and_heads_count_divides_width():
     assert grid.num_heads == 4  # gcd(20, 16)
     a, b = (dict(p.named_parameters()) for p in grid.probes)
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_lr_schedule_warmup_cosine_floor():
-    peak, floor, total, warm = 1e-3, 1e-5, 100, 10
-    lrs = [lr_at(s, total, warm, peak, floor) for s in range(total)]
-    assert lrs[0] == pytest.approx(peak / warm) and lrs[warm - 1] == pytest.approx(peak)
-    assert lrs[warm] == pytest.approx(peak) and lrs[-1] == pytest.approx(floor)
-    assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1 :]))
-    assert lr_at(0, 10, 0, peak, floor) == pytest.approx(peak)  # no warmup: starts at the peak
 
 
 # ---------------------------------------------------------------- augmentation

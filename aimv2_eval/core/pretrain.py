@@ -30,7 +30,10 @@ from torch import nn
 from aimv2_eval.core.checkpoints import read_checkpoint, save_encoder
 from aimv2_eval.core.encoder import resize_pos_embed
 from aimv2_eval.core.model import AIMv2
+from aimv2_eval.engine import Checkpointer, ParamSet, Progress, Schedule, check_finite, clip_grad, param_groups
+from aimv2_eval.engine import build_optimizer as build_optimizer_groups
 from aimv2_eval.errors import UserError
+from aimv2_eval.io import atomic_write, write_text_atomic
 
 # Table A1: peak learning rate per encoder size.
 PEAK_LR = {"large": 1e-3, "huge": 8e-4, "1b": 8e-4, "3b": 4e-4}
@@ -86,35 +89,22 @@ class PretrainConfig:
 
 
 # ---------------------------------------------------------------- schedule and optimizer
-def lr_at(step: int, optim: OptimConfig) -> float:
-    """Linear warmup to the peak, then cosine decay to min_lr at `steps` (Table A1)."""
-    if step < optim.warmup_steps:
-        return optim.lr * (step + 1) / optim.warmup_steps
-    progress = min(1.0, (step - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps))
-    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * progress))
+def _no_decay_names(model: nn.Module) -> list[str]:
+    """Position tables are not decayed (1-D gains and biases never are)."""
+    return [n for n, _ in model.named_parameters() if "pos_embed" in n or "text_pos" in n]
 
 
-def _no_decay(name: str, p: torch.Tensor) -> bool:
-    return p.ndim < 2 or "pos_embed" in name or "text_pos" in name
-
-
-def build_optimizer(model: nn.Module, optim: OptimConfig, highres: bool = False) -> torch.optim.AdamW:
-    """Fully decoupled AdamW: the decay follows the schedule, not the lr (p -= wd * lr_t / peak_lr * p).
-
-    torch's AdamW decays by lr_t * weight_decay, so the groups get weight_decay = wd / peak_lr.
-    Norm gains, biases and position tables are not decayed.
-    """
+def build_optimizer(model: nn.Module, optim: OptimConfig, highres: bool = False) -> torch.optim.Optimizer:
+    """Fully decoupled AdamW (Table A1): the decay follows the schedule, not the lr (p -= wd * lr_t / peak_lr * p).
+    Norm gains, biases and position tables are not decayed; high-resolution adaptation uses no decay (Section 2.4)."""
     wd = 0.0 if highres else optim.weight_decay
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if not _no_decay(n, p)], "weight_decay": wd / optim.lr},
-        {"params": [p for n, p in named if _no_decay(n, p)], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.betas[0], optim.betas[1]), eps=optim.eps)
+    groups = param_groups([ParamSet(model, no_weight_decay=_no_decay_names(model))], weight_decay=wd)
+    return build_optimizer_groups(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, decoupled_decay=True)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, optim) / optim.lr)
+def build_scheduler(opt: torch.optim.Optimizer, optim: OptimConfig) -> Schedule:
+    """Linear warmup, then cosine decay to min_lr at the last step (Table A1)."""
+    return Schedule(opt, optim.steps, optim.warmup_steps, optim.min_lr)
 
 
 # ---------------------------------------------------------------- data order and native resolution
@@ -192,37 +182,6 @@ def batches(sample_fn: SampleFn, cfg: PretrainConfig, step: int, position: int) 
 
 
 # ---------------------------------------------------------------- checkpoints
-def _rng_state() -> dict:
-    key, state, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
-    state = np.asarray(state)
-    return {"torch": torch.get_rng_state(), "numpy": (key, torch.from_numpy(state.astype(np.int64)), pos, has_gauss,
-                                                       cached), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    key, arr, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((key, arr.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def save_training_state(path: Path, state: dict) -> None:
-    """Atomic: a kill during the write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def load_training_state(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read training checkpoint {path} ({type(exc).__name__}); delete it to start over") from None
-
-
-@torch.no_grad()
 def reinit_linears(model: nn.Module, std: float) -> None:
     """Truncated-normal(std) weights and zero biases for every Linear (timm's ViT init), instead of the core's
     xavier-uniform (MAE/AIM). For very short CPU runs: a supervised check of the tiny encoder on digits reached
@@ -272,12 +231,12 @@ def export_model(model: AIMv2, directory: Path, meta: dict, save_dtype: str = "f
         encoder = copy.deepcopy(encoder).to(dtype)
     out = save_encoder(encoder, directory, scheme="apple")
     dec = {k: v.detach().cpu().to(dtype).contiguous() for k, v in model.decoder.state_dict().items()}
-    save_file(dec, str(out / "decoder.safetensors"), metadata={"format": "pt"})
+    atomic_write(out / "decoder.safetensors", lambda tmp: save_file(dec, str(tmp), metadata={"format": "pt"}))
     cfg = model.cfg
     decoder_cfg = {**cfg.decoder.to_dict(), "objective": cfg.objective, "alpha": cfg.alpha,
                    "encoder_attention": cfg.encoder_attention, "eot_id": cfg.eot_id}
-    (out / "decoder_config.json").write_text(json.dumps(decoder_cfg, indent=2))
-    (out / "pretrain.json").write_text(json.dumps(meta, indent=2, default=str))
+    write_text_atomic(out / "decoder_config.json", json.dumps(decoder_cfg, indent=2))
+    write_text_atomic(out / "pretrain.json", json.dumps(meta, indent=2, default=str))
     return out
 
 
@@ -293,9 +252,7 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def pretrain(model: AIMv2, sample_fn: SampleFn, cfg: PretrainConfig, meta: dict | None = None,
@@ -305,8 +262,6 @@ def pretrain(model: AIMv2, sample_fn: SampleFn, cfg: PretrainConfig, meta: dict 
     `meta` (the resolved recipe, data and tokenizer) is stored with the exported model and its keys
     'model'/'data'/'text' join the resume fingerprint.
     """
-    from tqdm.auto import tqdm
-
     meta = dict(meta or {})
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -321,15 +276,11 @@ def pretrain(model: AIMv2, sample_fn: SampleFn, cfg: PretrainConfig, meta: dict 
     autocast_dtype = getattr(torch, cfg.dtype)
 
     step, position, elapsed, cpu = 0, 0, 0.0, 0.0
-    if resume and ckpt_path.is_file():
-        state = load_training_state(ckpt_path)
-        if state["fingerprint"] != fingerprint:
-            raise UserError(f"{ckpt_path} belongs to a run with a different recipe; pick a new run.out_dir or "
-                            "delete the checkpoint to start over")
+    checkpointer = Checkpointer(ckpt_path, fingerprint, fix="pick a new run.out_dir or delete it to start over")
+    state = checkpointer.load() if resume else None  # restores the RNG states too
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
         step, position, elapsed, cpu = state["step"], state["position"], state["elapsed"], state.get("cpu", 0.0)
     else:
         torch.manual_seed(cfg.seed)
@@ -338,21 +289,20 @@ def pretrain(model: AIMv2, sample_fn: SampleFn, cfg: PretrainConfig, meta: dict 
     _truncate_log(log_path, step)
 
     def checkpoint() -> None:
-        save_training_state(ckpt_path, {
-            "step": step, "position": position, "elapsed": elapsed, "cpu": cpu, "fingerprint": fingerprint,
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": _rng_state(),
-        })
+        checkpointer.save({"step": step, "position": position, "elapsed": elapsed, "cpu": cpu,
+                           "model": model.state_dict(), "optimizer": opt.state_dict()})
 
     end = cfg.optim.steps if cfg.stop_after is None else min(cfg.optim.steps, cfg.stop_after)
-    bar = tqdm(total=cfg.optim.steps, initial=step, disable=not cfg.progress, desc="pretrain", dynamic_ncols=True)
+    bar = Progress(cfg.optim.steps - step, "pretrain", enabled=cfg.progress)
     window: dict[str, float] = {"loss": 0.0, "loss_img": 0.0, "loss_text": 0.0, "patches": 0, "images": 0, "n": 0}
     last: dict = {}
+    postfix: dict[str, str] = {}
     t_window = time.perf_counter()
     stream = batches(sample_fn, cfg, step, position)
     with open(log_path, "a") as log:
         while step < end:
             t0, c0 = time.perf_counter(), time.process_time()
+            sched.set(step)
             groups, next_position = next(stream)
             total = sum(len(images) for images, _ in groups)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # prefix lengths M of this step
@@ -368,13 +318,11 @@ def pretrain(model: AIMv2, sample_fn: SampleFn, cfg: PretrainConfig, meta: dict 
                     sums[k] += float(losses[k].detach()) * weight
                 patches += len(images) * (images.shape[-2] // model.cfg.encoder.patch_size) * (
                     images.shape[-1] // model.cfg.encoder.patch_size)
-            if not math.isfinite(sums["loss"]):
-                raise UserError(f"loss became {sums['loss']} at step {step} (lr {sched.get_last_lr()[0]:.2e}); lower "
-                                "optim.lr, raise optim.warmup_steps or check the data for broken images/captions")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-            lr = sched.get_last_lr()[0]
+            lr = opt.param_groups[0]["lr"]
+            check_finite(torch.tensor(sums["loss"]), step, f"(lr {lr:.2e}) lower optim.lr, raise optim.warmup_steps "
+                         "or check the data for broken images/captions")
+            grad_norm = clip_grad(model.parameters(), cfg.optim.grad_clip)
             opt.step()
-            sched.step()
             opt.zero_grad(set_to_none=True)
             step, position = step + 1, next_position
             elapsed += time.perf_counter() - t0
@@ -394,11 +342,11 @@ def pretrain(model: AIMv2, sample_fn: SampleFn, cfg: PretrainConfig, meta: dict 
                         "position": position, "elapsed_s": round(elapsed, 3), "cpu_s": round(cpu, 3)}
                 log.write(json.dumps(last) + "\n")
                 log.flush()
-                bar.set_postfix(loss=f"{last['loss']:.4f}", img=f"{last['loss_img']:.3f}",
-                                txt=f"{last['loss_text']:.3f}", lr=f"{lr:.2e}", pps=f"{last['patches_per_s']:.0f}")
+                postfix = {"loss": f"{last['loss']:.4f}", "img": f"{last['loss_img']:.3f}",
+                           "txt": f"{last['loss_text']:.3f}", "lr": f"{lr:.2e}", "pps": f"{last['patches_per_s']:.0f}"}
                 window = dict.fromkeys(window, 0)
                 t_window = time.perf_counter()
-            bar.update(1)
+            bar.update(1, **postfix)
             if step % cfg.ckpt_every == 0 or step == end:
                 checkpoint()
     bar.close()

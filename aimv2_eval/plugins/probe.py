@@ -16,16 +16,13 @@ heads cost about as much as one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,17 +34,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from aimv2_eval.data.sources import LabelledImages, limit, open_split, stratified_holdout
 from aimv2_eval.data.threads import one_thread
+from aimv2_eval.engine import (
+    Checkpointer,
+    Progress,
+    Schedule,
+    autocast,
+    build_optimizer,
+    clip_grad,
+    epoch_permutation,
+    wrap_ddp,
+)
 from aimv2_eval.errors import UserError
+from aimv2_eval.io import write_text_atomic
 from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, barrier, broadcast_object, shard
 from aimv2_eval.metrics import TOPK, topk_correct
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
 
 CACHE_FORMAT = 1
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------- the probe
@@ -131,14 +137,6 @@ class ProbeGrid(nn.Module):
         weight = torch.stack([p.weight for p in self.probes])  # (G, C, D)
         bias = torch.stack([p.bias for p in self.probes])  # (G, C)
         return torch.einsum("bgd,gcd->bgc", out, weight) + bias
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    """Linear warmup to `peak`, then cosine decay to `floor` (Table A2) at the last step."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup - 1)
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
 # ---------------------------------------------------------------- data
@@ -230,13 +228,6 @@ class ProbeData:
 
 
 # ---------------------------------------------------------------- token sources: frozen backbone or disk cache
-def autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def encode(backbone: Any, images: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
     with torch.no_grad(), autocast(device, precision):
         return backbone.tokens(images.to(device, non_blocking=True)).tokens.float()
@@ -287,12 +278,11 @@ class FeatureCache:
         loader = torch.utils.data.DataLoader(SampleSet(split, transform, 0, False), batch_sampler=batches,
                                              num_workers=workers)
         start, done = time.perf_counter(), 0
-        bar = tqdm(total=len(mine), desc=f"caching {split.identity[:40]}", unit="img", disable=not (progress and ctx.is_main))
+        bar = Progress(len(mine), f"caching {split.identity[:40]}", unit="img", enabled=progress and ctx.is_main)
         for idx, (x, _) in zip(batches, loader):
             out[idx] = encode(backbone, x, ctx.device, precision).cpu().numpy().astype(np.float16)
             done += len(idx)
             bar.update(len(idx))
-            bar.set_postfix(img_s=f"{done / (time.perf_counter() - start):.1f}")
         bar.close()
         out.flush()
         del out
@@ -340,7 +330,7 @@ class ProbePlugin(Plugin):
         if p["epochs"] < 1 or p["batch_size"] < 1:
             raise UserError(f"epochs and batch size must be >= 1, got {p['epochs']} and {p['batch_size']}")
         if p.get("image_size", "native") == "native":
-            p["image_size"] = int(backbone.resolution)
+            p["image_size"] = int(backbone.image_size)
         p["precision"] = options.precision
         p["feature_cache"] = options.feature_cache is not None  # cached tokens mean no augmentation
         return p
@@ -378,6 +368,7 @@ class _ProbeRun:
         self.caches: dict[str, np.ndarray] = {}
         self.throughput: dict[str, float] = {}
         self.progress = options.progress and ctx.is_main
+        self.checkpointer = Checkpointer(options.checkpoint, fingerprint=json.loads(json.dumps(protocol)))
 
     # ------------------------------------------------------------ tokens
     def _prepare_cache(self) -> None:
@@ -432,21 +423,16 @@ class _ProbeRun:
         grid.norm.ctx = self.ctx
         self.grid = grid.to(self.ctx.device)
         self.model: nn.Module = self.grid
-        if self.ctx.distributed:
-            # The norm syncs its own statistics; DDP must not overwrite buffers (keyword renamed in torch 2.1x).
-            ddp = nn.parallel.DistributedDataParallel
-            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
-                       else {"broadcast_buffers": False})
-            self.model = ddp(self.grid, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
-                             **no_sync)
-        groups = [{"params": list(p.parameters()), "lr": lr, "weight_decay": wd, "peak_lr": lr}
+        if self.ctx.distributed:  # the norm syncs its own statistics: DDP must not overwrite its buffers
+            self.model = wrap_ddp(self.grid, self.ctx.device, sync_buffers=False)
+        # One group per head: its own peak lr (which the schedule decays to the floor) and weight decay.
+        groups = [{"params": list(p.parameters()), "lr": lr, "weight_decay": wd}
                   for p, (lr, wd) in zip(self.grid.probes, self.configs)]
-        self.optim = torch.optim.AdamW(groups, betas=tuple(self.p["betas"]))
+        self.optim = build_optimizer(groups, lr=max(lr for lr, _ in self.configs), betas=self.p["betas"])
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """This rank's share of every global batch of the epoch (a seeded permutation of the training positions)."""
-        g = torch.Generator().manual_seed(self.opt.seed * 1_000_003 + epoch)
-        order = self.data.train_pos[torch.randperm(len(self.data.train_pos), generator=g).numpy()].tolist()
+        order = self.data.train_pos[epoch_permutation(len(self.data.train_pos), self.opt.seed, epoch)].tolist()
         bs = self.p["batch_size"]
         return [shard(order[i : i + bs], self.ctx) for i in range(0, len(order), bs)]
 
@@ -458,19 +444,16 @@ class _ProbeRun:
         epochs, clip = self.p["epochs"], self.p["grad_clip"]
         sizes = self._global_sizes()
         steps = len(sizes)
-        total, warmup = epochs * steps, int(round(self.p["warmup_epochs"] * steps))
+        schedule = Schedule(self.optim, epochs * steps, int(round(self.p["warmup_epochs"] * steps)), self.p["min_lr"])
         history = self.history
         for epoch in range(start_epoch, epochs):
             self.model.train()
             loss_sum = torch.zeros(len(self.configs), dtype=torch.float64, device=self.ctx.device)
             start, seen = time.perf_counter(), 0
-            bar = tqdm(total=steps, desc=f"{self.task.name} epoch {epoch + 1}/{epochs}", unit="step",
-                       disable=not self.progress)
+            bar = Progress(steps, f"{self.task.name} epoch {epoch + 1}/{epochs}", enabled=self.progress)
             batches = self._batches("train", self.data.train, self._epoch_batches(epoch), not self.cached, epoch)
             for i, (tokens, y) in enumerate(batches):
-                step = epoch * steps + i
-                for group in self.optim.param_groups:
-                    group["lr"] = lr_at(step, total, warmup, group["peak_lr"], self.p["min_lr"])
+                schedule.set(epoch * steps + i)
                 tokens = self._empty_tokens() if tokens is None else tokens
                 tokens, y = tokens.to(self.ctx.device), y.to(self.ctx.device)
                 logits = self.model(tokens)  # (b, G, C)
@@ -478,16 +461,17 @@ class _ProbeRun:
                 per_probe = ce.sum(0)  # (G,): each probe's loss only reaches its own parameters
                 # DDP averages gradients over ranks: scale so that the result is the mean over the global batch.
                 (per_probe.sum() * self.ctx.world_size / sizes[i]).backward()
-                for probe in self.grid.probes:
-                    nn.utils.clip_grad_norm_(probe.parameters(), clip)
+                for probe in self.grid.probes:  # each head clipped on its own, as if trained alone
+                    clip_grad(probe.parameters(), clip)
                 self.optim.step()
                 self.optim.zero_grad(set_to_none=True)
                 loss_sum += per_probe.detach().double()
                 seen += sizes[i]
-                if not bar.disable:  # reading the loss waits for the device: only when someone watches
+                if bar.watched:  # reading the loss waits for the device: only when someone watches
+                    bar.update(1, img_s=f"{seen / (time.perf_counter() - start):.1f}",
+                               loss=f"{float(per_probe.detach().min()) / max(1, len(y)):.3f}")
+                else:
                     bar.update(1)
-                    bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.1f}",
-                                    loss=f"{float(per_probe.detach().min()) / max(1, len(y)):.3f}")
             bar.close()
             all_reduce_sum(loss_sum, self.ctx)
             history.append((loss_sum / len(self.data.train_pos)).cpu().tolist())
@@ -495,30 +479,18 @@ class _ProbeRun:
             self.epoch_seconds.append(round(seconds, 4))
             self.throughput["train_images_per_s"] = round(seen / max(seconds, 1e-9), 2)
             self._save(epoch + 1)
-            if self.opt.on_epoch_end is not None:
-                self.opt.on_epoch_end(epoch + 1)
         return history
 
     # ------------------------------------------------------------ checkpoints (--resume)
     def _save(self, epochs_done: int) -> None:
-        if self.opt.checkpoint is None or not self.ctx.is_main:
-            return
-        path = Path(self.opt.checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"epochs_done": epochs_done, "grid": self.grid.state_dict(), "optim": self.optim.state_dict(),
-                 "history": self.history, "protocol": self.p}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        if self.ctx.is_main:
+            self.checkpointer.save({"epochs_done": epochs_done, "grid": self.grid.state_dict(),
+                                    "optim": self.optim.state_dict(), "history": self.history})
 
     def _load(self) -> int:
-        path = self.opt.checkpoint
-        if not (self.opt.resume and path is not None and Path(path).is_file()):
+        state = self.checkpointer.load() if self.opt.resume else None
+        if state is None:
             return 0
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("protocol") != json.loads(json.dumps(self.p)):
-            raise UserError(f"{path} was written for another protocol; rerun without --resume to start over")
         self.grid.load_state_dict(state["grid"])
         self.optim.load_state_dict(state["optim"])
         self.history = state["history"]
@@ -533,20 +505,40 @@ class _ProbeRun:
         ks = (TOPK.get("top1"), TOPK.get("top5"))
         counts = torch.zeros(g, len(ks), dtype=torch.float64)
         loss = torch.zeros(g, dtype=torch.float64)
-        mine = shard(positions.tolist(), self.ctx)
+        # every head's prediction for every position (+1, so that the sum over ranks fills in the shards)
+        preds = torch.zeros(len(positions), g, dtype=torch.long)
+        row = {int(p): r for r, p in enumerate(positions)}
+        mine = sorted(shard(positions.tolist(), self.ctx))  # sorted: the order cached batches come in
         bs = self.p["batch_size"]
         batches = [mine[i : i + bs] for i in range(0, len(mine), bs)]
         start = time.perf_counter()
-        for tokens, y in self._batches(split_name, split, batches, False):
+        for pos, (tokens, y) in zip(batches, self._batches(split_name, split, batches, False)):
             logits = self.grid(tokens.to(self.ctx.device)).float().cpu()
             counts += topk_correct(logits, y, ks).double()
+            preds[[row[p] for p in pos]] = logits.argmax(-1) + 1
             loss += F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, g), reduction="none").sum(0).double()
         self.throughput[f"eval_{label}_images_per_s"] = round(len(mine) / max(time.perf_counter() - start, 1e-9), 2)
         all_reduce_sum(counts, self.ctx)
         all_reduce_sum(loss, self.ctx)
+        all_reduce_sum(preds, self.ctx)
         n = max(1, len(positions))
         return {"top1": (100 * counts[:, 0] / n).numpy(), "top5": (100 * counts[:, 1] / n).numpy(),
-                "loss": (loss / n).numpy()}
+                "loss": (loss / n).numpy(), "predictions": (preds - 1).numpy()}
+
+    def _write_predictions(self, test: dict[str, np.ndarray], best: int) -> dict[str, str]:
+        """The chosen head's test predictions, one row per test image, in the cell's output folder."""
+        if self.opt.output_dir is None or not self.ctx.is_main:
+            return {}
+        names = self.data.test.class_names or []
+
+        def name(c: int) -> str:
+            return _csv(names[c] if c < len(names) else str(c))
+
+        lines = ["index,label,prediction,label_name,prediction_name"]
+        for i, (y, p) in enumerate(zip(self.data.test.labels, test["predictions"][:, best])):
+            lines.append(f"{i},{int(y)},{int(p)},{name(int(y))},{name(int(p))}")
+        write_text_atomic(Path(self.opt.output_dir) / "test_predictions.csv", "\n".join(lines) + "\n")
+        return {"test_predictions": "test_predictions.csv"}
 
     def run(self) -> PluginResult:
         if not self.cached:
@@ -604,7 +596,12 @@ class _ProbeRun:
             "data": {"train": self.data.train.identity, "test": self.data.test.identity},
             "test_is_train": self.data.test.identity == self.data.train.identity,  # tiny pools (foolbox_imagenet)
         }
-        return PluginResult(metrics, self.task.metric.get("main", "top1"), selection, self.throughput, details)
+        return PluginResult(metrics, self.task.metric.get("main", "top1"), selection, self.throughput, details,
+                            artifacts=self._write_predictions(test, best))
+
+
+def _csv(text: str) -> str:
+    return '"' + str(text).replace('"', '""') + '"'
 
 
 PLUGIN = ProbePlugin()

@@ -12,35 +12,41 @@ Each evaluation set yields top1{_name} and top5{_name} in percent; its chance le
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
 
 from aimv2_eval.backbones import build_eval_transform
 from aimv2_eval.data.sources import LabelledImages
 from aimv2_eval.data.threads import one_thread
+from aimv2_eval.engine import (
+    Checkpointer,
+    ParamSet,
+    Progress,
+    Schedule,
+    autocast,
+    batch_slices,
+    build_optimizer,
+    check_finite,
+    clip_grad,
+    epoch_permutation,
+    param_groups,
+    trainable_state,
+)
 from aimv2_eval.errors import UserError
 from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, shard
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
 from aimv2_eval.plugins.lit.checkpoint import LiTCheckpoint, build_lit, read_lit
 from aimv2_eval.plugins.lit.data import EvalSet, LitData, PairSet, load_lit_data
 from aimv2_eval.plugins.lit.model import LOSSES, LiT
-from aimv2_eval.plugins.lit.text import build_text_tower
 from aimv2_eval.plugins.lit.zeroshot import accuracy_counts, build_classifier, resolve_templates, zero_shot_logits
+from aimv2_eval.text import create_text_encoder
 
 MODES = ("train", "checkpoint")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Training defaults where a task says nothing. The paper states no LiT hyperparameters (Table 5 gives only the number
 # of LiT pairs, 3B); these follow CLIP/LiT practice (AdamW, linear warmup, cosine decay) sized for small runs.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -57,11 +63,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "cache": True,
     "text": {"kind": "hf", "source": "minilm", "trainable": False},
 }
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -121,7 +122,7 @@ class LitPlugin(Plugin):
             if options.batch_size is not None:
                 p["batch_size"] = options.batch_size
         # embedded scenes are rendered at the tower's input size (unknown for a checkpoint on disk until it is read)
-        p["image_size"] = int(backbone.resolution) or int(task.data.get("image_size", 224))
+        p["image_size"] = int(backbone.image_size)
         if options.limit is not None:
             p["limit"] = options.limit
         return p
@@ -147,15 +148,15 @@ class _LitRun:
         self.history: list[float] = []
 
     # ------------------------------------------------------------ helpers
-    def _bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="img", disable=not (self.opt.progress and self.ctx.is_main))
+    def _bar(self, total: int, desc: str) -> Progress:
+        return Progress(total, desc, unit="img", enabled=self.opt.progress and self.ctx.is_main)
 
     def _loader(self, dataset: torch.utils.data.Dataset, batches: list[list[int]]) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.opt.workers,
                                            collate_fn=_collate)
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), _autocast(self.device, self.opt.precision):
+        with torch.no_grad(), autocast(self.device, self.opt.precision):
             return self.model.image_tokens(images.to(self.device, non_blocking=True)).float()
 
     # ------------------------------------------------------------ model
@@ -169,16 +170,18 @@ class _LitRun:
             if self.ctx.distributed:
                 raise UserError("LiT training runs in one process; launch it without torchrun (evaluation of a "
                                 "checkpoint may use torchrun)")
-            text_spec = dict(self.p["text"])
-            corpus = self._captions() if text_spec.get("tokenizer") == "compact" else None
-            text = build_text_tower(text_spec, corpus)
-            self.text_frozen = not bool(text_spec.get("trainable", True))
-            if self.text_frozen:
-                text.eval().requires_grad_(False)
+            # a registry name (frozen) or a protocol block {kind: aimv2 | hf, ..., trainable} (LiT: unlocked by default)
+            text_spec = self.p["text"]
+            trainable = isinstance(text_spec, dict) and bool(text_spec.get("trainable", True))
+            compact = isinstance(text_spec, dict) and text_spec.get("tokenizer") == "compact"
+            text = create_text_encoder(text_spec, trainable=trainable, corpus=self._captions() if compact else None)
+            self.text_frozen = not trainable
             self.model = LiT(self.backbone, self.backbone.meta.embed_dim, text, int(self.p["projection_dim"]),
                              self.p.get("head_heads"), self.p["loss"])
         self.model.to(self.device)
-        self.details["text_tower"] = dict(self.p.get("text") or {"kind": "aimv2", "from": "checkpoint"})
+        text_spec = self.p.get("text") or {"kind": "aimv2", "from": "checkpoint"}
+        self.details["text_tower"] = dict(text_spec) if isinstance(text_spec, dict) else {"name": text_spec}
+        self.details["text_encoder"] = self.model.text_tower.describe()  # name and weights id of the text model
         self.details["trainable_params"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def _captions(self) -> list[str]:
@@ -223,30 +226,15 @@ class _LitRun:
         return torch.stack([cache[c] for c in captions])
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            # biases, gains, the query token, the temperature and the logit bias are not decayed (CLIP practice)
-            (no_decay if param.ndim < 2 or name.endswith("cls_token") else decay).append(param)
-        groups = [{"params": decay, "weight_decay": float(self.p["weight_decay"])},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=float(self.p["lr"]), betas=tuple(float(b) for b in self.p["betas"]))
-
-    def _lr(self, step: int, total: int) -> float:
-        peak = float(self.p["lr"])
-        warmup = max(1, int(round(float(self.p["warmup_fraction"]) * total)))
-        if step < warmup:
-            return peak * (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        # biases, gains, the query token, the temperature and the logit bias are not decayed (CLIP practice)
+        groups = param_groups([ParamSet(self.model, no_weight_decay=["*cls_token"])], float(self.p["weight_decay"]))
+        return build_optimizer(groups, lr=float(self.p["lr"]), betas=[float(b) for b in self.p["betas"]])
 
     def _epoch_batches(self, n: int, epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.opt.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g).tolist()
-        bs = int(self.p["batch_size"])
-        # drop a last batch of one: a contrastive batch needs negatives
-        return [order[i : i + bs] for i in range(0, n, bs) if len(order[i : i + bs]) > 1]
+        # LiT's own seed stride keeps the data order (and so the results) of records made before the engine;
+        # a last batch of one is dropped: a contrastive batch needs negatives
+        order = epoch_permutation(n, self.opt.seed, epoch, seed_stride=100_003)
+        return batch_slices(order, int(self.p["batch_size"]), drop_last_below=2)
 
     def _train(self) -> None:
         pairs = self.data.train
@@ -260,42 +248,40 @@ class _LitRun:
         epochs = int(self.p["epochs"])
         steps_per_epoch = len(self._epoch_batches(len(pairs), 0))
         total = epochs * steps_per_epoch
-        start_epoch = self._load(optim)
+        schedule = Schedule(optim, total, max(1, int(round(float(self.p["warmup_fraction"]) * total))))
+        checkpointer = Checkpointer(self.opt.checkpoint, fingerprint=json.loads(json.dumps(self.p)))
+        start_epoch = self._load(checkpointer, optim)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
         if self.text_frozen:
             self.model.text_tower.eval()
         start, steps = time.perf_counter(), 0
-        bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="LiT: training", unit="step",
-                   disable=not (self.opt.progress and self.ctx.is_main))
+        bar = Progress(total - start_epoch * steps_per_epoch, "LiT: training",
+                       enabled=self.opt.progress and self.ctx.is_main)
         for epoch in range(start_epoch, epochs):
             batches = self._epoch_batches(len(pairs), epoch)
             stream = self._batches(pairs, batches, tokens, captions)
             losses = []
             for i, (tok, caps) in enumerate(stream):
                 step = epoch * steps_per_epoch + i
-                for group in optim.param_groups:
-                    group["lr"] = self._lr(step, total)
+                schedule.set(step)
                 image_embeds = self.model.embed_tokens(tok.to(self.device))
                 text_embeds = self.model.text_projector(self._text_features(caps, text_cache))
                 uniq: dict[str, int] = {}
                 pair_ids = torch.tensor([uniq.setdefault(c, len(uniq)) for c in caps], device=self.device)
                 loss = self.model.loss(image_embeds, text_embeds, pair_ids)
-                if not torch.isfinite(loss):
-                    raise UserError(f"LiT loss became {loss.item()} at step {step}; lower protocol.lr")
+                check_finite(loss, step, "lower protocol.lr")
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
-                if float(self.p["grad_clip"]) > 0:
-                    nn.utils.clip_grad_norm_(trainable, float(self.p["grad_clip"]))
+                clip_grad(trainable, float(self.p["grad_clip"]))
                 optim.step()
                 losses.append(loss.item())
                 steps += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.update(1, loss=f"{losses[-1]:.3f}")
             self.history.append(round(float(np.mean(losses)), 5))
-            self._save(optim, epoch + 1)
-            if self.opt.on_epoch_end is not None:
-                self.opt.on_epoch_end(epoch + 1)
+            # only what training changes: the locked image tower and a frozen text tower are rebuilt from sources
+            checkpointer.save({"model": trainable_state(self.model), "optim": optim.state_dict(),
+                               "history": self.history, "epochs_done": epoch + 1})
         bar.close()
         self.throughput["train_steps_per_s"] = round(steps / max(time.perf_counter() - start, 1e-9), 2)
         self.model.eval()
@@ -310,31 +296,10 @@ class _LitRun:
             yield self._tokens(x), list(caps)
 
     # ------------------------------------------------------------ resumable state
-    def _state_matches(self, state: dict[str, Any]) -> bool:
-        return state.get("protocol") == json.loads(json.dumps(self.p))
-
-    def _save(self, optim: torch.optim.Optimizer, epochs_done: int) -> None:
-        path = self.opt.checkpoint
-        if path is None:
-            return
-        # only what training changes: the locked image tower and a frozen text tower are rebuilt from their sources
-        trainable = {k: v.detach() for k, v in self.model.named_parameters() if v.requires_grad}
-        state = {"protocol": json.loads(json.dumps(self.p)), "model": trainable, "optim": optim.state_dict(),
-                 "history": self.history, "epochs_done": epochs_done}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-
-    def _load(self, optim: torch.optim.Optimizer) -> int:
-        path = self.opt.checkpoint
-        if not (self.opt.resume and path is not None and Path(path).is_file()):
+    def _load(self, checkpointer: Checkpointer, optim: torch.optim.Optimizer) -> int:
+        state = checkpointer.load() if self.opt.resume else None
+        if state is None:
             return 0
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not self._state_matches(state):
-            raise UserError(f"{path} was written for another protocol; rerun without --resume to start over")
         self.model.load_state_dict(state["model"], strict=False)
         optim.load_state_dict(state["optim"])
         self.history = list(state["history"])
@@ -351,7 +316,7 @@ class _LitRun:
         start = time.perf_counter()
         bar = self._bar(len(mine), f"LiT: zero-shot {split.identity[:32]}")
         for x, y, _ in self._loader(_Images(_LabelledItem(split), len(split), self.transform), batches):
-            with _autocast(self.device, self.opt.precision):
+            with autocast(self.device, self.opt.precision):
                 embeds.append(self.model.embed_images(x.to(self.device)).float().cpu())
             labels.append(torch.as_tensor(y))
             bar.update(len(y))
@@ -398,8 +363,10 @@ class _LitRun:
             "split": None,
             "chosen": {"lr": self.p.get("lr"), "wd": self.p.get("weight_decay")},
         }
+        text = self.details["text_encoder"]
         return PluginResult(metrics=metrics, main_metric=main, selection=selection, throughput=self.throughput,
-                            details=self.details)
+                            details=self.details,
+                            models=[{"role": "text_encoder", "name": text["name"], "weights_id": text["weights_id"]}])
 
 
 def _metric(ev: EvalSet, name: str) -> str:
