@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from aimv2_eval.backbones import get_spec
+from aimv2_eval.backbones import describe_backbone, get_spec
 from aimv2_eval.cli import main
 from aimv2_eval.launch.distributed import DistContext, shard
 from aimv2_eval.plugins import RunOptions, get_plugin
@@ -38,7 +38,7 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
     task = load_task("digits_probe")
     plugin = get_plugin("probe")
     options = RunOptions(limit=int(limit))
-    n_train = len(plugin.load_data(task, plugin.resolve(task, options, get_spec("aimv2-tiny")), options).train_pos)
+    n_train = len(plugin.load_data(task, plugin.resolve(task, options, describe_backbone("aimv2-tiny")), options).train_pos)
     # a batch size that leaves one sample in the last batch: one rank then steps on an empty shard
     batch = next(b for b in range(8, n_train) if n_train % b == 1)
     args = [*TINY, "--task", "digits_probe", "--limit", limit, "--epochs", "2", "--batch-size", str(batch),

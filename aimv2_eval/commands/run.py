@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aimv2_eval.backbones import create_backbone, get_spec
+    from aimv2_eval.backbones import create_backbone, describe_backbone, get_spec
     from aimv2_eval.launch.distributed import init_distributed, shutdown
     from aimv2_eval.plugins import RunOptions, get_plugin
     from aimv2_eval.report.store import cell_path, new_record, protocol_hash, write_record
@@ -67,7 +68,8 @@ def main(args: argparse.Namespace) -> int:
         feature_cache=args.feature_cache, resume=args.resume, data_root=args.data_root, workers=args.workers,
         progress=not args.no_progress,
     )
-    protocol = plugin.resolve(task, options, spec)
+    meta = describe_backbone(spec.name, args.weights)  # the architecture, without loading weights
+    protocol = plugin.resolve(task, options, meta)
     phash = protocol_hash({"task": task.name, "version": task.version, "data": task.data, "protocol": protocol,
                            "weights": args.weights, "pretrained": not args.random_init})
     path = cell_path(args.out, cell_backbone, task.name, phash, args.seed)
@@ -75,6 +77,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"skip {cell_backbone} x {task.name}: {path} exists (--overwrite to rerun)")
         return 0
     options.checkpoint = path.with_suffix(".ckpt")
+    # Predictions go to a hidden folder that becomes the cell's output folder only with the record.
+    outputs = path.with_suffix("")
+    options.output_dir = outputs.with_name(f".{outputs.name}.partial")
+    shutil.rmtree(options.output_dir, ignore_errors=True)  # left by a killed run: its predictions are stale
     if options.checkpoint.exists() and not args.resume:
         print(f"note: {options.checkpoint} holds an interrupted run; starting over (--resume continues it)", file=sys.stderr)
 
@@ -84,11 +90,13 @@ def main(args: argparse.Namespace) -> int:
             torch.cuda.reset_peak_memory_stats(ctx.device)
         torch.manual_seed(args.seed)
         data = plugin.load_data(task, protocol, options)  # missing data fails before a big backbone loads
-        backbone = create_backbone(spec.name, pretrained=not args.random_init, weights=args.weights)
+        backbone = create_backbone(spec.name, pretrained=not args.random_init, weights=args.weights,
+                                   **plugin.backbone_options(protocol))
         result = plugin.run(backbone, task, protocol, data, options, ctx)
         if not ctx.is_main:
             return 0
         task_config = task.to_dict() | {"resolved_protocol": protocol}
+        artifacts = _publish_outputs(options.output_dir, outputs, result.artifacts, args.out)
         record = new_record(
             cell_backbone, task.name, phash, args.seed,
             metrics=result.metrics,
@@ -98,29 +106,62 @@ def main(args: argparse.Namespace) -> int:
             selection=result.selection,
             throughput=result.throughput,
             details=result.details,
+            models=[{"role": "backbone", **_model_id(backbone, spec, args)}, *result.models],
+            artifacts=artifacts,
             wall_time_s=round(time.perf_counter() - start, 2),
             peak_memory_mb=peak_memory_mb(ctx.device),
         )
+        # a cell that uses several models names each one in its id
+        record["cell"]["models"] = {m["role"]: m["name"] for m in record["models"]}
         record["environment"]["device"] = str(ctx.device)
         record["environment"]["world_size"] = ctx.world_size
         written = write_record(args.out, record)
         options.checkpoint.unlink(missing_ok=True)
         main_value = result.metrics[result.main_metric]
-        chosen = result.selection.get("chosen")
-        how = f" (head lr={chosen.get('lr')} wd={chosen.get('wd')}, chosen on {result.selection.get('split')})" if chosen else ""
-        print(f"{cell_backbone} x {task.name}: {result.main_metric} {main_value:.2f}{how} -> {written}")
+        print(f"{cell_backbone} x {task.name}: {result.main_metric} {main_value:.2f}{_chosen(result.selection)} "
+              f"-> {written}")
         return 0
     finally:
         shutdown()
 
 
+def _model_id(backbone: Any, spec: Any, args: argparse.Namespace) -> dict[str, Any]:
+    return {"name": backbone.meta.name, "weights_id": backbone.weights_id,
+            "weights_source": args.weights or spec.source}
+
+
 def _backbone_info(backbone: Any, spec: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "name": backbone.meta.name,
+        **_model_id(backbone, spec, args),
         "family": backbone.meta.family,
-        "weights_id": backbone.weights_id,
         "pretrained": not args.random_init,
-        "weights_source": args.weights or spec.source,
         "resolution": backbone.meta.image_size,
         "params": backbone.num_params,
+        "trainable": backbone.trainable,
+        "trainable_params": sum(p.numel() for p in backbone.parameters() if p.requires_grad),
     }
+
+
+def _chosen(selection: dict[str, Any]) -> str:
+    """What the plugin's selection chose, as it holds it (nothing for plugins that select nothing)."""
+    chosen = {k: v for k, v in (selection.get("chosen") or {}).items() if v is not None and k != "index"}
+    if not chosen:
+        return ""
+    where = f", chosen on {selection['split']}" if selection.get("split") else ""
+    return " (" + " ".join(f"{k}={v}" for k, v in chosen.items()) + where + ")"
+
+
+def _publish_outputs(partial: Path, final: Path, artifacts: dict[str, str], root: Path) -> dict[str, str]:
+    """Move the plugin's output folder into place and return its files relative to the records folder."""
+    if not partial.exists():
+        return {}
+    if final.exists():  # an --overwrite: the old predictions go with the old record
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    out = {}
+    for key, name in artifacts.items():
+        path = final / name
+        if not path.exists():
+            raise RuntimeError(f"plugin reported an output {name!r} that it did not write")
+        out[key] = str(path.relative_to(root))
+    return out

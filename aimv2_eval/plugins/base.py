@@ -6,13 +6,12 @@ A plugin never imports another plugin and never special-cases a backbone family 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aimv2_eval.backbones.base import Backbone, BackboneSpec
+    from aimv2_eval.backbones.base import Backbone, BackboneMeta
     from aimv2_eval.launch.distributed import DistContext
     from aimv2_eval.tasks import TaskSpec
 
@@ -32,7 +31,7 @@ class RunOptions:
     data_root: Path | None = None
     workers: int = 0
     progress: bool = True
-    on_epoch_end: Callable[[int], None] | None = field(default=None, repr=False)  # test hook: called after saving
+    output_dir: Path | None = None  # where the plugin writes predictions (published with the record)
 
 
 @dataclass
@@ -42,6 +41,9 @@ class PluginResult:
     selection: dict[str, Any]  # the rule, the split it used, and every candidate's scores
     throughput: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
+    # other models the cell used besides the backbone (text encoder, language model): role, name, weights_id
+    models: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)  # key -> file name inside options.output_dir
 
 
 class Plugin(abc.ABC):
@@ -49,9 +51,15 @@ class Plugin(abc.ABC):
     summary: str
 
     @abc.abstractmethod
-    def resolve(self, task: TaskSpec, options: RunOptions, backbone: BackboneSpec) -> dict[str, Any]:
+    def resolve(self, task: TaskSpec, options: RunOptions, backbone: BackboneMeta) -> dict[str, Any]:
         """The protocol exactly as it will run (task protocol + command-line overrides + backbone-dependent
-        values such as the input size). It is hashed into the cell id, so it holds only what changes results."""
+        values such as the input size, from the backbone's full metadata). It is hashed into the cell id, so it
+        holds only what changes results, including the name and weights of every other model the cell uses."""
+
+    def backbone_options(self, protocol: dict[str, Any]) -> dict[str, Any]:
+        """Build options of the backbone (`create_backbone` keywords: trainable, drop_path_rate,
+        grad_checkpointing); frozen by default."""
+        return {}
 
     @abc.abstractmethod
     def load_data(self, task: TaskSpec, protocol: dict[str, Any], options: RunOptions) -> Any:
