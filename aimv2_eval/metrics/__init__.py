@@ -10,4 +10,16 @@ TOPK: Registry[int] = Registry("metric")
 TOPK.register("top1", 1)
 TOPK.register("top5", 5)
 
-__all__ = ["TOPK", "accuracy", "topk_correct"]
+# COCO AP (metrics/coco.py) loads on first use: pycocotools is only needed by the detection tasks.
+_COCO_NAMES = ("coco_eval", "coco_evaluate", "largest_box_baseline", "to_coco_results", "write_predictions")
+
+
+def __getattr__(name: str) -> object:
+    if name in _COCO_NAMES:
+        from aimv2_eval.metrics import coco
+
+        return getattr(coco, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["TOPK", "accuracy", "topk_correct", *_COCO_NAMES]
