@@ -91,3 +91,12 @@ def broadcast_object(obj, ctx: DistContext):
 def shard(items: list[int], ctx: DistContext) -> list[int]:
     """This rank's share of a global batch: every world_size-th item, so that shares differ by at most one."""
     return items[ctx.rank :: ctx.world_size]
+
+
+def gather_objects(obj, ctx: DistContext) -> list:
+    """Every rank's value, in rank order (a list of one with one process)."""
+    if not ctx.distributed:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,258 @@
+"""The `vitdet` task plugin (paper Appendix D.2, Table D3): fine-tune a registry ViT as the backbone of a ViTDet Mask
+R-CNN and report COCO box and mask AP (pycocotools) on the validation split.
+
+Two engines build the same detector: `mmdet` (mmdetection 3.3, the paper's toolbox; `bash
+scripts/install_detection.sh`) and `torchvision` (built in). `engine: auto` picks mmdet when it is installed. The
+training loop is the project's engine (AdamW with layer-wise lr decay, warmup + cosine, atomic checkpoints, exact
+resume, DDP) for both, so the two differ only in the detector's implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from aimv2_eval.backbones import evenly_spaced_global_blocks
+from aimv2_eval.data.detection import DetectionSet, open_detection_split
+from aimv2_eval.data.detection_transforms import (
+    LargeScaleJitter,
+    ResizePad,
+    TransformedDetection,
+    collate_detection,
+    unmap_predictions,
+)
+from aimv2_eval.engine import (
+    Checkpointer,
+    ParamSet,
+    Progress,
+    Schedule,
+    autocast,
+    batch_slices,
+    build_optimizer,
+    check_finite,
+    clip_grad,
+    epoch_permutation,
+    param_groups,
+    trainable_state,
+    wrap_ddp,
+)
+from aimv2_eval.errors import UserError
+from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, gather_objects, shard
+from aimv2_eval.metrics.coco import coco_evaluate, largest_box_baseline, to_coco_results, write_predictions
+from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
+from aimv2_eval.plugins.vitdet import mmdet_engine
+from aimv2_eval.plugins.vitdet.model import VITDET_STRIDE, ViTDetBackbone, ViTDetFeatures
+
+ENGINES = ("auto", "mmdet", "torchvision")
+REQUIRED = ("engine", "image_size", "window", "global_blocks", "drop_path_rate", "lr", "betas", "weight_decay",
+            "layer_decay", "warmup_iters", "epochs", "batch_size", "lsj_scale", "anchor_sizes")
+DEFAULTS: dict[str, Any] = {  # detector details the paper leaves to mmdet's defaults
+    "feature_norm": True,
+    "min_lr": 0.0,
+    "grad_clip": None,
+    "grad_checkpointing": False,
+    "fpn_channels": 256,  # ViTDet's SimpleFPN and heads
+    "rpn_batch_size_per_image": 256,
+    "rpn_proposals_train": 1000,  # mmdet Mask R-CNN: proposals kept after NMS per image
+    "rpn_proposals_test": 1000,
+    "roi_batch_size_per_image": 512,
+    "max_detections": 100,
+    "score_threshold": 0.05,
+    "eval_batch_size": 8,
+}
+
+
+class VitdetPlugin(Plugin):
+    name = "vitdet"
+    summary = "ViTDet Mask R-CNN on a fine-tuned registry ViT; COCO box and mask AP (mmdet or torchvision engine)"
+
+    def resolve(self, task: Any, options: RunOptions, backbone: Any) -> dict[str, Any]:
+        p = {**DEFAULTS, **json.loads(json.dumps(task.protocol))}
+        missing = [k for k in REQUIRED if k not in p]
+        if missing:
+            raise UserError(f"task {task.name}: protocol is missing {', '.join(missing)} (see tasks/coco_vitdet.yaml)")
+        if not backbone.is_vit:
+            raise UserError(f"{backbone.name} is a {backbone.family} network, not a ViT: ViTDet needs a ViT backbone")
+        if p["engine"] not in ENGINES:
+            raise UserError(f"task {task.name}: protocol.engine must be one of {', '.join(ENGINES)}, got {p['engine']!r}")
+        if p["engine"] == "auto":  # resolved here, so that the cell id says which engine ran
+            p["engine"] = "mmdet" if mmdet_engine.available() else "torchvision"
+        for key, value in (("epochs", options.epochs), ("batch_size", options.batch_size), ("limit", options.limit)):
+            if value is not None:
+                p[key] = value
+        p["image_size"], p["epochs"], p["batch_size"] = int(p["image_size"]), int(p["epochs"]), int(p["batch_size"])
+        if p["image_size"] % VITDET_STRIDE or p["image_size"] < 4 * VITDET_STRIDE:
+            raise UserError(f"protocol.image_size must be a multiple of {VITDET_STRIDE} and >= 64, got {p['image_size']}")
+        if p["global_blocks"] == "evenly_spaced":
+            p["global_blocks"] = list(evenly_spaced_global_blocks(backbone.depth))
+        # the patch rule (model.py): every family sees a token grid of image / 16
+        p["token_grid"] = p["image_size"] // VITDET_STRIDE
+        p["backbone_input_size"] = p["token_grid"] * backbone.patch_size
+        p["precision"] = options.precision
+        return p
+
+    def backbone_options(self, protocol: dict[str, Any]) -> dict[str, Any]:
+        return {"trainable": True, "drop_path_rate": float(protocol["drop_path_rate"]),
+                "grad_checkpointing": bool(protocol["grad_checkpointing"])}
+
+    def load_data(self, task: Any, protocol: dict[str, Any], options: RunOptions) -> tuple[DetectionSet, DetectionSet]:
+        train = open_detection_split(task.data, "train", options.data_root)
+        val = open_detection_split(task.data, "val", options.data_root)
+        if train.class_names != val.class_names:
+            raise UserError(f"task {task.name}: train and val have different categories; use one annotation schema")
+        return train, val
+
+    def run(self, backbone: Any, task: Any, protocol: dict[str, Any], data: tuple[DetectionSet, DetectionSet],
+            options: RunOptions, ctx: DistContext) -> PluginResult:
+        return _VitdetRun(backbone, task, protocol, data, options, ctx).run()
+
+
+def build_detector(backbone: Any, num_classes: int, p: dict[str, Any]) -> torch.nn.Module:
+    vitdet = {"window": p["window"], "global_blocks": p["global_blocks"], "feature_norm": p["feature_norm"]}
+    if p["engine"] == "mmdet":
+        return mmdet_engine.MMDetMaskRCNN(backbone, num_classes, p["image_size"], {**p, **vitdet})
+    from aimv2_eval.plugins.vitdet.torchvision_engine import TorchvisionMaskRCNN
+
+    body = ViTDetBackbone(backbone, p["window"], p["global_blocks"], p["feature_norm"])
+    return TorchvisionMaskRCNN(ViTDetFeatures(body, int(p["fpn_channels"])), num_classes, p["image_size"], p)
+
+
+class _VitdetRun:
+    def __init__(self, backbone: Any, task: Any, protocol: dict[str, Any], data: tuple[DetectionSet, DetectionSet],
+                 options: RunOptions, ctx: DistContext) -> None:
+        self.task, self.p, self.opt, self.ctx = task, protocol, options, ctx
+        self.train_set, self.val_set = data
+        self.device = ctx.device
+        self.model = build_detector(backbone, len(self.train_set.class_names), protocol).to(self.device)
+        self.throughput: dict[str, float] = {}
+        self.history: list[float] = []
+        pre = backbone.preprocess
+        size = protocol["image_size"]
+        self.train_tf = LargeScaleJitter(size, tuple(protocol["lsj_scale"]), seed=options.seed, mean=pre.mean, std=pre.std)
+        self.eval_tf = ResizePad(size, mean=pre.mean, std=pre.std)
+
+    def _loader(self, dataset: torch.utils.data.Dataset, batches: list[list[int]]) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.opt.workers,
+                                           collate_fn=collate_detection)
+
+    # ------------------------------------------------------------ training
+    def _optimizer(self) -> torch.optim.Optimizer:
+        p = self.p
+        groups = param_groups([ParamSet(self.model.backbone, layer_decay=float(p["layer_decay"])),
+                               ParamSet(self.model.heads())], float(p["weight_decay"]))
+        return build_optimizer(groups, lr=float(p["lr"]), betas=p["betas"])
+
+    def _train(self) -> None:
+        p = self.p
+        positions = np.asarray(self.train_set.train_indices())
+        if p.get("limit"):
+            positions = positions[: int(p["limit"])]
+        if len(positions) == 0:
+            raise UserError(f"task {self.task.name}: no training image has an object; check the annotations")
+        bs = p["batch_size"]
+        steps_per_epoch = len(batch_slices(positions, bs))
+        total = p["epochs"] * steps_per_epoch
+        optim = self._optimizer()
+        schedule = Schedule(optim, total, min(int(p["warmup_iters"]), max(0, total - 1)), float(p["min_lr"]))
+        checkpointer = Checkpointer(self.opt.checkpoint, fingerprint=json.loads(json.dumps(p)))
+        start_epoch = self._load(checkpointer, optim)
+        model = wrap_ddp(self.model, self.device) if self.ctx.distributed else self.model
+        samples = TransformedDetection(self.train_set, self.train_tf)  # positions index the whole set
+        bar = Progress(total - start_epoch * steps_per_epoch, f"{self.task.name}: training",
+                       enabled=self.opt.progress and self.ctx.is_main)
+        trainable = [q for q in self.model.parameters() if q.requires_grad]
+        start, images_seen = time.perf_counter(), 0
+        for epoch in range(start_epoch, p["epochs"]):
+            samples.epoch = epoch
+            order = positions[epoch_permutation(len(positions), self.opt.seed, epoch)]
+            batches = [shard(b, self.ctx) for b in batch_slices(order, bs)]
+            losses = []
+            for i, (images, targets, _) in enumerate(self._loader(samples, batches)):
+                step = epoch * steps_per_epoch + i
+                schedule.set(step)
+                targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+                with autocast(self.device, p["precision"]):
+                    parts = model(images.to(self.device), targets)
+                loss = sum(parts.values())
+                check_finite(loss, step, "lower protocol.lr or raise protocol.warmup_iters")
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                clip_grad(trainable, p["grad_clip"])
+                optim.step()
+                losses.append(float(loss.detach()))
+                images_seen += len(images) * self.ctx.world_size
+                bar.update(1, loss=f"{losses[-1]:.3f}")
+            mean = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
+            all_reduce_sum(mean, self.ctx)
+            self.history.append(round(float(mean[0] / max(1.0, float(mean[1]))), 5))
+            if self.ctx.is_main:
+                checkpointer.save({"model": trainable_state(self.model), "optim": optim.state_dict(),
+                                   "history": self.history, "epochs_done": epoch + 1})
+        bar.close()
+        self.throughput["train_images_per_s"] = round(images_seen / max(time.perf_counter() - start, 1e-9), 3)
+
+    def _load(self, checkpointer: Checkpointer, optim: torch.optim.Optimizer) -> int:
+        state = checkpointer.load() if self.opt.resume else None
+        if state is None:
+            return 0
+        self.model.load_state_dict(state["model"], strict=False)
+        optim.load_state_dict(state["optim"])
+        self.history = list(state["history"])
+        return int(state["epochs_done"])
+
+    # ------------------------------------------------------------ evaluation
+    def _predict(self) -> list[dict]:
+        """COCO results of this rank's share of the validation images, gathered on every rank."""
+        ds = self.val_set
+        mine = shard(list(range(len(ds))), self.ctx)
+        bs = int(self.p["eval_batch_size"])
+        batches = [mine[i : i + bs] for i in range(0, len(mine), bs)]
+        results: list[dict] = []
+        start = time.perf_counter()
+        bar = Progress(len(mine), f"{self.task.name}: evaluating", unit="img",
+                       enabled=self.opt.progress and self.ctx.is_main)
+        for images, _, metas in self._loader(TransformedDetection(ds, self.eval_tf), batches):
+            with autocast(self.device, self.p["precision"]):
+                preds = self.model.predict(images.to(self.device))
+            for pred, meta in zip(preds, metas):
+                boxes, masks = unmap_predictions(pred["boxes"].float().cpu(), pred["masks"].float().cpu(), meta)
+                results += to_coco_results(meta["image_id"], boxes, pred["scores"].float().cpu(),
+                                           pred["labels"].cpu(), ds.category_ids, masks)
+            bar.update(len(metas))
+        bar.close()
+        self.throughput["eval_images_per_s"] = round(len(mine) / max(time.perf_counter() - start, 1e-9), 3)
+        return [r for part in gather_objects(results, self.ctx) for r in part]
+
+    def run(self) -> PluginResult:
+        self._train()
+        results = self._predict()
+        metrics = coco_evaluate(self.val_set.coco, results)
+        baseline = coco_evaluate(self.val_set.coco, largest_box_baseline(self.val_set, train=self.train_set))
+        artifacts = {}
+        if self.ctx.is_main and self.opt.output_dir is not None:
+            write_predictions(self.opt.output_dir / "predictions.json", results)
+            artifacts["predictions"] = "predictions.json"
+        main = self.task.metric["main"]
+        if main not in metrics:
+            raise UserError(f"task {self.task.name}: metric.main {main!r} is not produced; choose one of "
+                            f"{', '.join(sorted(metrics))}")
+        details = {
+            "engine": self.p["engine"],
+            "train_loss_per_epoch": self.history,
+            "baseline_largest_box": baseline,  # the trivial detector, for scale
+            "num_predictions": len(results),
+            "data": {"train": self.train_set.identity, "val": self.val_set.identity,
+                     "train_report": self.train_set.report, "val_report": self.val_set.report},
+            "patch_rule": (f"image resized by {self.model.backbone.meta.patch_size}/{VITDET_STRIDE}: token grid = "
+                           f"image / {VITDET_STRIDE} for every family"),
+        }
+        selection = {"rule": "none: one fixed protocol (Table D3 / mmdet ViTDet recipe), no search", "split": None,
+                     "chosen": {"lr": self.p["lr"], "layer_decay": self.p["layer_decay"], "engine": self.p["engine"]}}
+        return PluginResult(metrics, main, selection, self.throughput, details, artifacts=artifacts)
+
+
+PLUGIN = VitdetPlugin()
