@@ -192,6 +192,22 @@ class Checkpointer:
         set_rng_state(state["rng"])
         return state
 
+    def save_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int,
+                   history: list) -> None:
+        """What an epoch-based plugin resumes from: the trainable state, the optimizer, the history so far."""
+        self.save({"model": trainable_state(model), "optim": optimizer.state_dict(), "history": history,
+                   "epochs_done": epochs_done})
+
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, enabled: bool) -> tuple[int, list]:
+        """(epochs done, history) of the state `save_epoch` left, loaded into `model` and `optimizer`;
+        (0, []) when not resuming or when there is nothing to resume."""
+        state = self.load() if enabled else None
+        if state is None:
+            return 0, []
+        model.load_state_dict(state["model"], strict=False)  # frozen parts come from their sources
+        optimizer.load_state_dict(state["optim"])
+        return int(state["epochs_done"]), list(state["history"])
+
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Only what training changes (frozen parts are rebuilt from their sources on resume)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from aimv2_eval.backbones.base import (
     weights_checksum,
 )
 from aimv2_eval.errors import UserError
+from aimv2_eval.logs import quiet
 
 HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -87,16 +87,9 @@ class OpenCLIPViT(Backbone):
         return Anatomy(Embed(self.embed, parts), v.transformer.resblocks, v.ln_post, 1)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> contextlib.AbstractContextManager:
     """open_clip logs a warning on the root logger for every random build; a random build is what we asked for."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
+    return quiet(logging.getLogger(), logging.ERROR)
 
 
 def open_clip_preprocess(visual_cfg: dict, tag_cfg: dict) -> Preprocess:

@@ -484,17 +484,12 @@ class _ProbeRun:
     # ------------------------------------------------------------ checkpoints (--resume)
     def _save(self, epochs_done: int) -> None:
         if self.ctx.is_main:
-            self.checkpointer.save({"epochs_done": epochs_done, "grid": self.grid.state_dict(),
-                                    "optim": self.optim.state_dict(), "history": self.history})
+            self.checkpointer.save_epoch(self.grid, self.optim, epochs_done, self.history)
 
     def _load(self) -> int:
-        state = self.checkpointer.load() if self.opt.resume else None
-        if state is None:
-            return 0
-        self.grid.load_state_dict(state["grid"])
-        self.optim.load_state_dict(state["optim"])
-        self.history = state["history"]
-        return int(state["epochs_done"])
+        epochs_done, history = self.checkpointer.resume(self.grid, self.optim, self.opt.resume)
+        self.history = history or self.history
+        return epochs_done
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -35,7 +35,6 @@ from aimv2_eval.engine import (
     clip_grad,
     epoch_permutation,
     param_groups,
-    trainable_state,
 )
 from aimv2_eval.errors import UserError
 from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, shard
@@ -250,7 +249,7 @@ class _LitRun:
         total = epochs * steps_per_epoch
         schedule = Schedule(optim, total, max(1, int(round(float(self.p["warmup_fraction"]) * total))))
         checkpointer = Checkpointer(self.opt.checkpoint, fingerprint=json.loads(json.dumps(self.p)))
-        start_epoch = self._load(checkpointer, optim)
+        start_epoch, self.history = checkpointer.resume(self.model, optim, self.opt.resume)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
         if self.text_frozen:
@@ -280,8 +279,7 @@ class _LitRun:
                 bar.update(1, loss=f"{losses[-1]:.3f}")
             self.history.append(round(float(np.mean(losses)), 5))
             # only what training changes: the locked image tower and a frozen text tower are rebuilt from sources
-            checkpointer.save({"model": trainable_state(self.model), "optim": optim.state_dict(),
-                               "history": self.history, "epochs_done": epoch + 1})
+            checkpointer.save_epoch(self.model, optim, epoch + 1, self.history)
         bar.close()
         self.throughput["train_steps_per_s"] = round(steps / max(time.perf_counter() - start, 1e-9), 2)
         self.model.eval()
@@ -294,16 +292,6 @@ class _LitRun:
             return
         for x, caps, _ in self._loader(_Images(_PairItem(pairs), len(pairs), self.transform), batches):
             yield self._tokens(x), list(caps)
-
-    # ------------------------------------------------------------ resumable state
-    def _load(self, checkpointer: Checkpointer, optim: torch.optim.Optimizer) -> int:
-        state = checkpointer.load() if self.opt.resume else None
-        if state is None:
-            return 0
-        self.model.load_state_dict(state["model"], strict=False)
-        optim.load_state_dict(state["optim"])
-        self.history = list(state["history"])
-        return int(state["epochs_done"])
 
     # ------------------------------------------------------------ zero-shot evaluation
     @torch.no_grad()

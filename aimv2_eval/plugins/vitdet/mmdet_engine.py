@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from aimv2_eval.errors import UserError
+from aimv2_eval.logs import quiet
 from aimv2_eval.plugins.vitdet.model import PYRAMID_STRIDES, LayerNorm2d, SimpleFPN, ViTDetBackbone
 
 INSTALL = "bash scripts/install_detection.sh"
@@ -123,17 +123,10 @@ def build_config(backbone: nn.Module, num_classes: int, cfg: dict[str, Any]) -> 
     return model
 
 
-@contextlib.contextmanager
-def _quiet_mmengine() -> Iterator[None]:
+def _quiet_mmengine() -> contextlib.AbstractContextManager:
     from mmengine.logging import MMLogger
 
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return quiet(MMLogger.get_current_instance(), logging.WARNING)
 
 
 class MMDetMaskRCNN(nn.Module):

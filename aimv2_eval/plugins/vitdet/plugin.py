@@ -37,7 +37,6 @@ from aimv2_eval.engine import (
     clip_grad,
     epoch_permutation,
     param_groups,
-    trainable_state,
     wrap_ddp,
 )
 from aimv2_eval.errors import UserError
@@ -159,7 +158,7 @@ class _VitdetRun:
         optim = self._optimizer()
         schedule = Schedule(optim, total, min(int(p["warmup_iters"]), max(0, total - 1)), float(p["min_lr"]))
         checkpointer = Checkpointer(self.opt.checkpoint, fingerprint=json.loads(json.dumps(p)))
-        start_epoch = self._load(checkpointer, optim)
+        start_epoch, self.history = checkpointer.resume(self.model, optim, self.opt.resume)
         model = wrap_ddp(self.model, self.device) if self.ctx.distributed else self.model
         samples = TransformedDetection(self.train_set, self.train_tf)  # positions index the whole set
         bar = Progress(total - start_epoch * steps_per_epoch, f"{self.task.name}: training",
@@ -190,19 +189,9 @@ class _VitdetRun:
             all_reduce_sum(mean, self.ctx)
             self.history.append(round(float(mean[0] / max(1.0, float(mean[1]))), 5))
             if self.ctx.is_main:
-                checkpointer.save({"model": trainable_state(self.model), "optim": optim.state_dict(),
-                                   "history": self.history, "epochs_done": epoch + 1})
+                checkpointer.save_epoch(self.model, optim, epoch + 1, self.history)
         bar.close()
         self.throughput["train_images_per_s"] = round(images_seen / max(time.perf_counter() - start, 1e-9), 3)
-
-    def _load(self, checkpointer: Checkpointer, optim: torch.optim.Optimizer) -> int:
-        state = checkpointer.load() if self.opt.resume else None
-        if state is None:
-            return 0
-        self.model.load_state_dict(state["model"], strict=False)
-        optim.load_state_dict(state["optim"])
-        self.history = list(state["history"])
-        return int(state["epochs_done"])
 
     # ------------------------------------------------------------ evaluation
     def _predict(self) -> list[dict]:
