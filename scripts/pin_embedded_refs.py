@@ -36,6 +36,16 @@ def run_cells(backbone: str, tasks: list[str], seeds: list[int], run_args: str, 
                 raise SystemExit(f"aimv2-eval {shlex.join(argv)} exited {rc}; nothing was pinned")
 
 
+def _merged(path: Path, rows: list[dict]) -> list[dict]:
+    """The file's other rows kept, the newly pinned (backbone, task, metric) rows replacing theirs."""
+    import csv
+
+    key = lambda r: (r["backbone"], r["task"], r["metric"])  # noqa: E731
+    new = {key(r) for r in rows}
+    old = list(csv.DictReader(path.open())) if path.is_file() else []
+    return [r for r in old if key(r) not in new] + rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="aimv2-tiny")
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = regress.pin_rows(records, setting=args.run_args)
     if not rows:
         raise SystemExit("no records to pin")
-    references.write_csv(args.out, rows, references.EMBEDDED_COLUMNS)
+    references.write_csv(args.out, _merged(args.out, rows), references.EMBEDDED_COLUMNS)
     for row in rows:
         print(f"{row['backbone']} {row['task']} {row['metric']} = {row['value']} ± {row['tolerance']} "
               f"(seeds {row['seeds']}, std {row['std']})")
