@@ -504,6 +504,63 @@ def main() -> int:
     print(f"GEMM {args.gemm_size}^3 on {device}: "
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in gemm_samples[0].items()), flush=True)
 
+    def write_report(done: set[str], complete: bool) -> dict:
+        """The report of the parts done so far, written at once (a run cut short keeps what it finished)."""
+        gemm_median = {k: round(statistics.median(g[k] for g in gemm_samples), 2) for k in gemm_dtypes}
+        ref = gemm_median[args.dtype] if args.dtype in gemm_median else gemm_median["fp32"]
+        for r in results.values():
+            if "error" not in r:
+                r["fraction_of_gemm"] = round(r["achieved_gflops"] / ref, 3)
+
+        ratios = {}
+        if "infer" in done:
+            w, g = results["infer_windowed"], results["infer_global"]
+            ratios["windowed_over_global"] = {k: _ratio(w, g, key) for k, key in
+                                              (("time", "seconds"), ("peak_memory", "peak_mb"),
+                                               ("allocated_peak_memory", "allocated_peak_mb"),
+                                               ("flops", "gflops_per_image"))}
+        if "train" in done:
+            c, n = results["train_checkpointing"], results["train_no_checkpointing"]
+            ratios["checkpointing_over_no_checkpointing"] = {k: _ratio(c, n, key) for k, key in
+                                                             (("peak_memory", "peak_mb"),
+                                                              ("allocated_peak_memory", "allocated_peak_mb"),
+                                                              ("time", "seconds"), ("flops", "gflops_per_image"))}
+        notes = []
+        if "train" in parts and train_size != size:
+            notes.append(f"the training step ran at {train_size} px (grid {train_size // meta.patch_size}, "
+                         f"--train-size), not at the inference size {size} px")
+        for part in sorted(sequential & done):
+            notes.append(f"{part}: the two configurations ran one after the other (--sequential), not taking turns")
+        if args.dtype != "fp32":
+            notes.append(f"{args.dtype} autocast; fraction_of_gemm is against the {args.dtype} GEMM rate")
+        report = {
+            "benchmark": "vitdet_backbone", "complete": complete, "parts": sorted(done),
+            "config": {"backbone": spec.name, "requested": args.backbone, "family": meta.family,
+                       "depth": meta.depth, "embed_dim": meta.embed_dim, "patch_size": meta.patch_size, "size": size,
+                       "grid": [size // meta.patch_size] * 2, "train_size": train_size,
+                       "train_grid": [train_size // meta.patch_size] * 2, "window": args.window,
+                       "batch": args.batch, "reps": args.reps, "train_reps": args.train_reps,
+                       "device": args.device, "dtype": args.dtype,
+                       "quick": args.quick, "sequential": sorted(sequential),
+                       "weights": "random (pretrained=False)",
+                       "inference_call": "forward_intermediates(x, indices=[-1], norm=False, output_fmt='NCHW') "
+                                         "under torch.no_grad()",
+                       "training_call": "forward_intermediates(...)[0].float().square().mean().backward(), "
+                                        "trainable, windowed"},
+            "machine": {**machine_info(device, args.threads), "loadavg_start": loadavg_start,
+                        "gemm_gflops": gemm_median, "gemm_ref_gflops": ref, "gemm_gflops_samples": gemm_samples,
+                        "gemm": f"best of 5 torch.mm of two {args.gemm_size}x{args.gemm_size} matrices; sampled "
+                                "before, in every timing round and after; gemm_gflops is the median sample"},
+            "flop_method": FLOP_METHOD,
+            "results": results,
+            "ratios": ratios,
+            "notes": notes,
+            "environment": environment(),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, default=str))
+        return report
+
     base = {"backbone": spec.name, "batch": args.batch, "device": args.device, "dtype": args.dtype,
             "threads": args.threads}
     results: dict[str, dict] = {}
@@ -513,6 +570,7 @@ def main() -> int:
             f"infer_{label}": {**base, "mode": "infer", "size": size, "window": window}
             for label, window in (("windowed", args.window), ("global", None))
         }, args.reps, gemm, gemm_samples, "infer" in sequential))
+        write_report({"infer"}, complete=parts == {"infer"})
     if "train" in parts:
         print(f"training step, {train_size} px, windowed: activation checkpointing off vs on", flush=True)
         results.update(run_group({
@@ -521,64 +579,14 @@ def main() -> int:
             for label, ckpt in (("no_checkpointing", False), ("checkpointing", True))
         }, args.train_reps, gemm, gemm_samples, "train" in sequential))
     gemm_samples.append(gemm())
-    gemm_median = {k: round(statistics.median(g[k] for g in gemm_samples), 2) for k in gemm_dtypes}
-    ref = gemm_median[args.dtype] if args.dtype in gemm_median else gemm_median["fp32"]
-    for r in results.values():
-        if "error" not in r:
-            r["fraction_of_gemm"] = round(r["achieved_gflops"] / ref, 3)
-
-    ratios = {}
-    if "infer" in parts:
-        w, g = results["infer_windowed"], results["infer_global"]
-        ratios["windowed_over_global"] = {k: _ratio(w, g, key) for k, key in
-                                          (("time", "seconds"), ("peak_memory", "peak_mb"),
-                                           ("allocated_peak_memory", "allocated_peak_mb"),
-                                           ("flops", "gflops_per_image"))}
-    if "train" in parts:
-        c, n = results["train_checkpointing"], results["train_no_checkpointing"]
-        ratios["checkpointing_over_no_checkpointing"] = {k: _ratio(c, n, key) for k, key in
-                                                         (("peak_memory", "peak_mb"),
-                                                          ("allocated_peak_memory", "allocated_peak_mb"),
-                                                          ("time", "seconds"), ("flops", "gflops_per_image"))}
-    notes = []
-    if "train" in parts and train_size != size:
-        notes.append(f"the training step ran at {train_size} px (grid {train_size // meta.patch_size}), not at the "
-                     f"inference size {size} px, to keep a step within minutes on this machine")
-    for part in sorted(sequential & parts):
-        notes.append(f"{part}: the two configurations ran one after the other (--sequential), not taking turns")
-    if args.dtype != "fp32":
-        notes.append(f"{args.dtype} autocast; fraction_of_gemm is against the {args.dtype} GEMM rate")
-    report = {
-        "benchmark": "vitdet_backbone",
-        "config": {"backbone": spec.name, "requested": args.backbone, "family": meta.family, "depth": meta.depth,
-                   "embed_dim": meta.embed_dim, "patch_size": meta.patch_size, "size": size,
-                   "grid": [size // meta.patch_size] * 2, "train_size": train_size,
-                   "train_grid": [train_size // meta.patch_size] * 2, "window": args.window, "batch": args.batch,
-                   "reps": args.reps, "train_reps": args.train_reps, "device": args.device, "dtype": args.dtype,
-                   "quick": args.quick, "sequential": sorted(sequential), "weights": "random (pretrained=False)",
-                   "inference_call": "forward_intermediates(x, indices=[-1], norm=False, output_fmt='NCHW') under "
-                                     "torch.no_grad()",
-                   "training_call": "forward_intermediates(...)[0].float().square().mean().backward(), trainable, "
-                                    "windowed"},
-        "machine": {**machine_info(device, args.threads), "loadavg_start": loadavg_start,
-                    "gemm_gflops": gemm_median, "gemm_gflops_samples": gemm_samples,
-                    "gemm": f"best of 5 torch.mm of two {args.gemm_size}x{args.gemm_size} matrices; sampled before, "
-                            "in every timing round and after; gemm_gflops is the median sample"},
-        "flop_method": FLOP_METHOD,
-        "results": results,
-        "ratios": ratios,
-        "notes": notes,
-        "environment": environment(),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-
+    report = write_report(parts, complete=True)
+    ratios, notes, ref = report["ratios"], report["notes"], report["machine"]["gemm_ref_gflops"]
     cfgd = report["config"]
     print(f"\n{spec.name} ({meta.family}, depth {meta.depth}, width {meta.embed_dim}, patch {meta.patch_size}) on "
           f"{report['machine']['cpu_model'] if device.type == 'cpu' else report['machine'].get('gpu')}, "
           f"{args.threads} threads, {args.dtype}, batch {args.batch}; GEMM {ref:.1f} GFLOP/s (median of "
-          f"{len(gemm_samples)}); load average {loadavg_start[0]:.1f} at start, {report['machine']['loadavg_end'][0]:.1f} "
-          "at end")
+          f"{len(gemm_samples)}); load average {loadavg_start[0]:.1f} at start, "
+          f"{report['machine']['loadavg_end'][0]:.1f} at end")
     if "infer" in parts:
         gb = results["infer_windowed"].get("global_blocks")
         print(f"inference {size} px, grid {cfgd['grid'][0]}x{cfgd['grid'][1]}, window {args.window} "
