@@ -19,13 +19,15 @@ and, allocator-level, the peak of the bytes torch's CPU allocator held during on
 `torch.cuda.max_memory_allocated` minus the memory allocated after building. The two configurations of a comparison
 are built side by side and take turns, one pass each per round, the order alternating, so that load drift on a
 shared machine hits both alike (`--sequential`: one after the other, when two at once do not fit in memory); the
-first pass of each is a warm-up, the median of the timed passes after it is reported. FLOPs are counted with
-`torch.utils.flop_counter.FlopCounterMode` over one step of the same configuration built on the meta device (no
-compute, no memory; counting the real pass would also change what activation checkpointing keeps alive). The GEMM
-rate is the best of 5 `torch.mm` of two `--gemm-size` square matrices, sampled before, in every round and after; the
-median sample is the reference. `--quick` is a smoke run of about a minute on an idle 2-core machine (ViT-B/16 at
-256 px, a 16 x 16 grid with windows of 4, one timed pass each). The JSON report goes to
-benchmarks/out/vitdet_backbone.json (vitdet_backbone_quick.json with --quick).
+first pass of each is a warm-up, the median of the timed passes after it is reported, and the time ratio also as the
+median of the per-round ratios (`time_paired`, robust to the machine's speed drifting between rounds). FLOPs are
+counted with `torch.utils.flop_counter.FlopCounterMode` over one step of the same configuration built on the meta
+device (no compute, no memory; counting the real pass would also change what activation checkpointing keeps alive).
+The GEMM rate is the best of 5 `torch.mm` of two `--gemm-size` square matrices, sampled before, in every round and
+after; `fraction_of_gemm` is the median over the timed passes of each pass's FLOP/s over its round's sample.
+`--quick` is a smoke run of about a minute on an idle 2-core machine (ViT-B/16 at 256 px, a 16 x 16 grid with
+windows of 4, one timed pass each). The JSON report goes to benchmarks/out/vitdet_backbone.json
+(vitdet_backbone_quick.json with --quick).
 """
 
 from __future__ import annotations
@@ -344,6 +346,7 @@ def run_group(cfgs: dict[str, dict], reps: int, gemm: Callable[[], dict[str, flo
     workers: dict[str, Worker] = {}
     counted: dict[str, dict] = {}
     times: dict[str, list[float]] = {name: [] for name in cfgs}
+    round_gemm: dict[str, list[dict]] = {name: [] for name in cfgs}  # the GEMM sample of each timed pass's round
     finals: dict[str, dict | None] = {}
     for names in [[n] for n in cfgs] if sequential else [list(cfgs)]:
         batch = {name: Worker(cfgs[name]) for name in names}
@@ -356,11 +359,13 @@ def run_group(cfgs: dict[str, dict], reps: int, gemm: Callable[[], dict[str, flo
                 if counted[name]:
                     print(f"  [{name}: warm-up {counted[name]['warmup_s']:.2f} s]", flush=True)
             for r in range(reps):
-                gemm_samples.append(gemm())
+                sample = gemm()
+                gemm_samples.append(sample)
                 for name in names if r % 2 == 0 else names[::-1]:
                     msg = batch[name].call("time")
                     if msg:
                         times[name].append(msg["seconds"])
+                        round_gemm[name].append(sample)
                 done = [f"{n} {times[n][-1]:.2f} s" for n in names if len(times[n]) == r + 1]
                 if done:
                     print(f"  [round {r + 1}/{reps}: " + ", ".join(done) + "]", flush=True)
@@ -385,7 +390,8 @@ def run_group(cfgs: dict[str, dict], reps: int, gemm: Callable[[], dict[str, flo
             "global_blocks": c["global_blocks"], "size": cfg["size"], "grid": c["grid"], "batch": cfg["batch"],
             "output_shape": c["output_shape"], "params_m": c["params_m"],
             "seconds": round(seconds, 4), "seconds_per_image": round(seconds / cfg["batch"], 4),
-            "seconds_all": [round(t, 4) for t in times[name]], "warmup_s": c["warmup_s"],
+            "seconds_all": [round(t, 4) for t in times[name]], "gemm_per_pass": round_gemm[name],
+            "warmup_s": c["warmup_s"],
             "gflops_per_image": round(c["flops"] / cfg["batch"] / 1e9, 3),
             "achieved_gflops": round(c["flops"] / seconds / 1e9, 2),
             "gflops_by_op": c["gflops_by_op"], "attention_gflops_analytic_fwd": c["attention_gflops_analytic_fwd"],
@@ -440,6 +446,14 @@ def _ratio(a: dict, b: dict, key: str) -> float | None:
     if "error" in a or "error" in b or not b.get(key):
         return None
     return round(a[key] / b[key], 3)
+
+
+def _paired(a: dict, b: dict, sequential: bool) -> float | None:
+    """Median over rounds of the ratio of the two passes of a round (they ran back to back: robust to the machine's
+    speed drifting between rounds); None when the configurations ran one after the other."""
+    if sequential or "error" in a or "error" in b or len(a["seconds_all"]) != len(b["seconds_all"]):
+        return None
+    return round(statistics.median(x / y for x, y in zip(a["seconds_all"], b["seconds_all"])), 3)
 
 
 def _line(label: str, r: dict) -> str:
@@ -508,9 +522,13 @@ def main() -> int:
         """The report of the parts done so far, written at once (a run cut short keeps what it finished)."""
         gemm_median = {k: round(statistics.median(g[k] for g in gemm_samples), 2) for k in gemm_dtypes}
         ref = gemm_median[args.dtype] if args.dtype in gemm_median else gemm_median["fp32"]
+        key = args.dtype if args.dtype in gemm_median else "fp32"
         for r in results.values():
-            if "error" not in r:
-                r["fraction_of_gemm"] = round(r["achieved_gflops"] / ref, 3)
+            if "error" not in r:  # each pass against the GEMM rate sampled in its round: the machine's speed drifts
+                r["fraction_of_gemm"] = round(statistics.median(
+                    r["gflops_per_image"] * r["batch"] / t / g[key]
+                    for t, g in zip(r["seconds_all"], r["gemm_per_pass"])), 3)
+                r["fraction_of_median_gemm"] = round(r["achieved_gflops"] / ref, 3)
 
         ratios = {}
         if "infer" in done:
@@ -519,12 +537,14 @@ def main() -> int:
                                               (("time", "seconds"), ("peak_memory", "peak_mb"),
                                                ("allocated_peak_memory", "allocated_peak_mb"),
                                                ("flops", "gflops_per_image"))}
+            ratios["windowed_over_global"]["time_paired"] = _paired(w, g, "infer" in sequential)
         if "train" in done:
             c, n = results["train_checkpointing"], results["train_no_checkpointing"]
             ratios["checkpointing_over_no_checkpointing"] = {k: _ratio(c, n, key) for k, key in
                                                              (("peak_memory", "peak_mb"),
                                                               ("allocated_peak_memory", "allocated_peak_mb"),
                                                               ("time", "seconds"), ("flops", "gflops_per_image"))}
+            ratios["checkpointing_over_no_checkpointing"]["time_paired"] = _paired(c, n, "train" in sequential)
         notes = []
         if "train" in parts and train_size != size:
             notes.append(f"the training step ran at {train_size} px (grid {train_size // meta.patch_size}, "
@@ -550,7 +570,9 @@ def main() -> int:
             "machine": {**machine_info(device, args.threads), "loadavg_start": loadavg_start,
                         "gemm_gflops": gemm_median, "gemm_ref_gflops": ref, "gemm_gflops_samples": gemm_samples,
                         "gemm": f"best of 5 torch.mm of two {args.gemm_size}x{args.gemm_size} matrices; sampled "
-                                "before, in every timing round and after; gemm_gflops is the median sample"},
+                                "before, in every timing round and after; gemm_gflops is the median sample; a "
+                                "result's fraction_of_gemm is the median over its timed passes of the pass's FLOP/s "
+                                "over its round's sample (fraction_of_median_gemm: achieved_gflops / gemm_gflops)"},
             "flop_method": FLOP_METHOD,
             "results": results,
             "ratios": ratios,
