@@ -36,8 +36,7 @@ def _cells() -> list[tuple[str, str]]:
 def test_paper_cell(backbone, task, tmp_path):
     if not os.environ.get("AIMV2_EVAL_DATA"):
         pytest.skip("AIMV2_EVAL_DATA is not set: no local benchmark data to run the paper's protocol on")
-    backbones = pytest.importorskip("aimv2_eval.backbones")
-    tasks = pytest.importorskip("aimv2_eval.tasks")
+    from aimv2_eval import backbones, tasks
     from aimv2_eval.errors import UserError
 
     spec = backbones.get_spec(backbone)
