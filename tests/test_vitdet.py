@@ -254,6 +254,24 @@ def test_mmdet_config_is_vitdets_mask_rcnn():
         mmdet_engine.build_config(backbone, 6, {**p, "anchor_sizes": [8, 16, 32, 64, 64]})
 
 
+@MMDET
+def test_mmdet_roi_features_equal_torchvision_roi_align_on_our_pyramid():
+    """mmcv's CPU RoIAlign reads its input as contiguous NCHW: on LayerNorm2d's channels-last maps it returned other
+    pixels' features and the RoI heads learned only the class prior. The pyramid the RoI heads read must give the
+    same features as torchvision's stride-aware roi_align."""
+    import torchvision
+
+    model, _, _ = _detector("mmdet")
+    d = model.detector
+    with torch.no_grad():
+        levels = d.extract_feat(torch.randn(2, 3, 128, 128))
+        rois = torch.tensor([[0, 10.0, 12.0, 40.0, 50.0], [1, 60.0, 5.0, 100.0, 30.0], [1, 0.0, 0.0, 20.0, 20.0]])
+        ours = d.roi_head.bbox_roi_extractor(levels[:4], rois)  # boxes under 112 px map to the stride-4 level
+        reference = torchvision.ops.roi_align(levels[0], rois, (7, 7), spatial_scale=0.25, sampling_ratio=0,
+                                              aligned=True)
+    torch.testing.assert_close(ours, reference)
+
+
 # ---------------------------------------------------------------- 5. the run command end to end
 def _task_file(tmp_path: Path, engine: str, **protocol) -> Path:
     """scenes_vitdet with the engine set, a 12-image val set, and every detection kept (untrained heads after one

@@ -72,7 +72,9 @@ class AIMv2EvalSimpleFPN(SimpleFPN):
         super().__init__(in_channels, out_channels)
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        return tuple(super().forward(inputs[0]))
+        # contiguous: LayerNorm2d leaves channels-last strides, and mmcv 2.1's CPU RoIAlign reads the memory as
+        # NCHW without checking them (it returned wrong RoI features, and the RoI heads learned only the prior)
+        return tuple(t.contiguous() for t in super().forward(inputs[0]))
 
 
 def register() -> None:
