@@ -133,8 +133,9 @@ def task_files(extra: list[str | Path] | tuple[str | Path, ...] = ()) -> dict[st
     found: dict[str, Path] = {}
     for d in task_dirs(extra):
         if d.is_dir():
-            for path in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
-                if not path.name.startswith("_"):
+            # one level of subfolders too (tasks/llava/, tasks/cambrian/: families of generated task files)
+            for path in sorted(d.glob("*.y*ml")) + sorted(d.glob("*/*.y*ml")):
+                if path.suffix in (".yaml", ".yml") and not path.name.startswith("_"):
                     found[path.stem] = path
     return found
 

@@ -190,8 +190,10 @@ def task_name(table: str, benchmark: str, setting: str) -> str:
         return "imagenet_probe_test_native" if test == "native" else f"imagenet_probe_test{test.split('x')[0]}"
     if table == "7":
         return f"llava_{_MULTIMODAL[benchmark]}"
-    if table == "C3":
-        return f"cambrian_{_MULTIMODAL[benchmark]}"
+    if table == "C3":  # one task per tiling, so the 336 / 672 / 1008 px rows are distinct cells
+        grid = re.search(r"tiling (\d)x\d grid", setting)
+        tiles = f"_tiles{grid.group(1)}x{grid.group(1)}" if grid else ""
+        return f"cambrian_{_MULTIMODAL[benchmark]}{tiles}"
     if table == "8":
         shots = re.match(r"(\d+)-shot", setting)
         return f"icl_average_{shots.group(1) if shots else 'unknown'}shot"
