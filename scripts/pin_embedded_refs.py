@@ -1,12 +1,13 @@
 """Pin references for the embedded tasks from the project's own measured runs (results/embedded/references.csv).
 
-    python scripts/pin_embedded_refs.py                         # run aimv2-tiny on the embedded probes, 5 seeds
-    python scripts/pin_embedded_refs.py --tasks digits_probe --seeds 0 1 2 --run-args "--epochs 5"
+    python scripts/pin_embedded_refs.py                         # run aimv2-tiny on the embedded probes, seeds 1-5
+    python scripts/pin_embedded_refs.py --tasks digits_probe --seeds 1 2 3 --run-args "--epochs 5"
     python scripts/pin_embedded_refs.py --from-records DIR      # pin from records that already exist
 
 Each (backbone, task) gets its headline metric's seed mean as the value and its seed spread as the tolerance
 (max(3 x std, range, 1 point): aimv2_eval/report/references.py). The run arguments are stored in the `setting`
-column so that tests/test_regress.py replays exactly the pinned protocol. Re-pin after a deliberate change of the
+column so that tests/test_regress.py replays exactly the pinned protocol, on seed 0, which is never pinned: the
+rerun is a fresh draw that must land inside the band, not a replay of a number the band was fitted to. Re-pin after a deliberate change of the
 tiny backbone, the embedded data or the probe protocol, and say why in the commit.
 """
 
@@ -23,6 +24,7 @@ from aimv2_eval.report import references, regress, store
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "embedded" / "references.csv"
 DEFAULT_TASKS = ("digits_probe", "scenes_probe")
+RERUN_SEED = 0  # tests/test_regress.py CHECK_SEED
 def run_cells(backbone: str, tasks: list[str], seeds: list[int], run_args: str, records: Path) -> None:
     from aimv2_eval.cli import main as cli
 
@@ -50,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="aimv2-tiny")
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--run-args", default="", help="extra `aimv2-eval run` arguments, stored with the references")
     p.add_argument("--records", type=Path, help="keep the runs' records here (default: a temporary folder)")
     p.add_argument("--from-records", type=Path, help="pin from existing records instead of running")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    if RERUN_SEED in args.seeds:
+        raise SystemExit(f"seed {RERUN_SEED} is the one tests/test_regress.py reruns; pin from other seeds")
 
     if args.from_records:
         records = store.load_records(args.from_records)
