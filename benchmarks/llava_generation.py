@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -72,27 +73,19 @@ def main(argv: list[str] | None = None) -> int:
         for p, f in zip(prompts, feats):
             model.generate(torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), [f], **kw)
 
-    def batched() -> None:
+    def batched(use_cache: bool = True) -> None:
         for lo in range(0, len(prompts), args.batch_size):
             ps, fs = prompts[lo: lo + args.batch_size], feats[lo: lo + args.batch_size]
             n = max(map(len, ps))
             ids = torch.tensor([[pad] * (n - len(p)) + p for p in ps])
             mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in ps])
-            model.generate(ids, mask, fs, **kw)
-
-    def no_cache() -> None:
-        for lo in range(0, len(prompts), args.batch_size):
-            ps, fs = prompts[lo: lo + args.batch_size], feats[lo: lo + args.batch_size]
-            n = max(map(len, ps))
-            ids = torch.tensor([[pad] * (n - len(p)) + p for p in ps])
-            mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in ps])
-            model.generate(ids, mask, fs, use_cache=False, **kw)
+            model.generate(ids, mask, fs, use_cache=use_cache, **kw)
 
     report: dict = {"machine": environment(), "platform": platform.processor(), "args": vars(args) | {"out": str(args.out)}}
     with torch.inference_mode():
         t_single = timed(one_at_a_time, args.reps)
         t_batched = timed(batched, args.reps)
-        t_nocache = timed(no_cache, args.reps)
+        t_nocache = timed(lambda: batched(use_cache=False), args.reps)
         report["generation"] = {
             "samples_per_s_one_at_a_time": round(args.samples / t_single, 2),
             "samples_per_s_batched_kv_cache": round(args.samples / t_batched, 2),
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def encode(grid: int) -> None:
             crops = tile(image, crop, grid, thumbnail=False, fill=(0, 0, 0))
-            x = torch.stack([torch.from_numpy(__import__("numpy").asarray(c, dtype="float32") / 255).permute(2, 0, 1)
+            x = torch.stack([torch.from_numpy(np.asarray(c, dtype=np.float32) / 255).permute(2, 0, 1)
                              for c in crops]) - mean
             tower(x)
 
