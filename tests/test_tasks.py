@@ -268,6 +268,23 @@ def test_imagefolder_converts_every_mode_to_rgb(tmp_path):
         broken.image(1)
 
 
+def test_imagefolder_identity_changes_when_an_image_is_replaced(tmp_path):
+    """The identity keys the feature cache: same folder and count but other pixels must not reuse old tokens."""
+    import os
+
+    from PIL import Image
+
+    make_folder(tmp_path, "train", {"a": "RGB", "b": "RGB"})
+    data = {"num_classes": 2, "imagefolder": {"dir": "bench"}}
+    before = open_split(data, "train", tmp_path).identity
+    assert open_split(data, "train", tmp_path).identity == before  # stable when nothing changed
+    target = next((tmp_path / "bench" / "train" / "a").iterdir())
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(target)  # same name, same count, new content
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # even within one mtime tick
+    assert open_split(data, "train", tmp_path).identity != before
+
+
 def test_missing_benchmark_data_names_both_routes(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

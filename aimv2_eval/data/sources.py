@@ -172,8 +172,18 @@ def open_imagefolder(cfg: dict, split: str, root: Path, classes: list[str] | Non
         labels += [index[d.name]] * len(files)
     if not paths:
         raise UserError(f"{folder} has no images in class folders (expected {folder}/<class>/<image>)")
-    return LabelledImages(f"imagefolder:{folder.resolve()}:{len(paths)}", np.array(labels), len(names),
-                          _FileImages(paths), names)
+    ident = f"imagefolder:{folder.resolve()}:{len(paths)}:{files_digest(paths, folder)}"
+    return LabelledImages(ident, np.array(labels), len(names), _FileImages(paths), names)
+
+
+def files_digest(paths: list[Path], base: Path) -> str:
+    """A short digest of every file's relative name, size and modification time: the identity (and so the
+    feature-cache key) changes whenever an image is replaced, even when the count stays the same."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(base)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
 
 
 def open_hf(cfg: dict, split: str, num_classes: int, help_text: str) -> LabelledImages:
