@@ -31,6 +31,9 @@ def task(name: str, spec: dict, include: str, tables: list[str], grid: int | Non
                                "max_new_tokens": MAX_NEW_TOKENS.get(spec["kind"], 16)}}
     if grid is not None:
         protocol["tower"] = {"crop": 336, "grid": grid}
+        # the text budget of _llava_sft.yaml on top of the tiles' tokens (patch 14: 576 per crop); within
+        # Llama-3's 8,192-token context
+        protocol["max_length"] = 2048 + grid * grid * (336 // 14) ** 2
     return {"version": 1, "include": include, "description": spec["note"], "data": spec["data"],
             "metric": {"main": RECORD_KEY[metric], "report": [RECORD_KEY[metric]]}, "protocol": protocol,
             "paper": {"tables": tables, "benchmark": name.split("_", 1)[1], "source": spec["lmms_eval"]}}

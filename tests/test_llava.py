@@ -310,3 +310,15 @@ def test_every_table7_c3_reference_has_a_task_that_produces_its_metric():
 
     on_disk = yaml.safe_load(files["llava_vqav2"].read_text())
     assert on_disk == body
+
+
+def test_micro_batches_accumulate_to_the_same_updates(tmp_path, monkeypatch):
+    """train.micro_batch splits a step into several forwards; the loss curve is the one of whole batches."""
+    histories = []
+    for micro in (None, 3):
+        monkeypatch.setenv("AIMV2_EVAL_CACHE", str(tmp_path / f"cache{micro}"))
+        task = _small_task(tmp_path / str(micro), "tiny_vqa", micro_batch=micro, iterations=6, log_every=2)
+        assert cli(["run", "--backbone", "aimv2-tiny", "--random-init", "--no-progress", "--task", str(task),
+                    "--limit", "4", "--out", str(tmp_path / f"r{micro}")]) == 0
+        histories.append(_record(tmp_path / f"r{micro}")["details"]["training"]["loss_history"])
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-4)

@@ -177,10 +177,14 @@ class EvalTransform:
         p = self.preprocess
         if not isinstance(image, Image.Image):
             raise UserError(f"expected a PIL image, got {type(image).__name__}; open images with PIL.Image.open")
+        from aimv2_eval.data.images import to_rgb
+
         try:
-            image = image.convert("RGB") if image.mode != "RGB" else image
+            image = to_rgb(image)  # the one decoder of every path: 16-bit grey rescaled, not clipped to white
             image.load()
-        except Exception as exc:  # truncated or corrupt file, or a mode PIL cannot convert
+        except UserError:
+            raise
+        except Exception as exc:  # truncated or corrupt file
             raise UserError(f"cannot read image as RGB ({type(exc).__name__}: {exc}); re-encode or drop the file") from None
         mode = InterpolationMode(p.interpolation)
         if p.resize is not None:

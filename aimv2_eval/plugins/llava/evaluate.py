@@ -17,7 +17,7 @@ import torch
 from aimv2_eval.errors import UserError
 from aimv2_eval.metrics import multimodal as mm
 from aimv2_eval.plugins.llava.model import LlavaModel
-from aimv2_eval.plugins.llava.prompts import encode_prompt
+from aimv2_eval.plugins.llava.prompts import encode_prompt, end_of_turn_ids
 
 # metric of the task -> the key it is recorded under (the paper tables' metric names, results/paper/table7.csv)
 RECORD_KEY = {"vqa_accuracy": "accuracy", "vqa_accuracy_norm": "accuracy", "exact_match": "accuracy", "choice_accuracy": "accuracy", "anls": "anls",
@@ -71,7 +71,8 @@ class Evaluator:
         self.features: OrderedDict[str, torch.Tensor] = OrderedDict()  # image_id -> features, newest last
         self.cache_size = cache_size
         self.images_encoded = 0
-        eos = [tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")]  # Llama-3 ends a turn with <|eot_id|>
+        # stop at the eos and at whatever the chat template closes an assistant turn with (<|eot_id|>, <|im_end|>, ...)
+        eos = [tok.eos_token_id, *end_of_turn_ids(tok)]
         self.eos = sorted({e for e in eos if isinstance(e, int) and e >= 0 and e != tok.unk_token_id})
 
     def _features(self, samples: list[Any]) -> list[torch.Tensor]:
@@ -104,15 +105,18 @@ class Evaluator:
             batch, prompts = [], []
             for i in indices[lo: lo + batch_size]:
                 row: dict[str, Any] = {"index": i, "sample_id": str(i), "image_id": str(i), "question_type": "",
-                                       "answers": []}
+                                       "question": None, "answers": []}
                 try:
-                    s = dataset[i]
-                    row.update(sample_id=s.sample_id, image_id=s.image_id, question_type=s.question_type,
-                               answers=list(s.answers))
-                    ids = encode_prompt(self.tok, question_text(s, e["prompt"]), self.n_image_tokens)
+                    m = dataset.meta(i)  # the sample without its image: the row keeps its answers if decoding fails
+                    row.update(sample_id=m.sample_id, image_id=m.image_id, question_type=m.question_type,
+                               answers=list(m.answers), question=question_text(m, e["prompt"]))
+                    if not m.answers:
+                        raise UserError(f"sample {m.sample_id} has no reference answer; fix or drop it")
+                    ids = encode_prompt(self.tok, row["question"], self.n_image_tokens)
                     if len(ids) > limit:
                         raise UserError(f"prompt of {len(ids)} tokens exceeds the context ({self.p['max_length']} - "
                                         f"{e['max_new_tokens']} new tokens)")
+                    s = dataset[i]
                     s.image.load()
                 except UserError as exc:  # one bad sample: recorded, scored 0, the others go on
                     row.update(prediction="", score=0.0, error=str(exc))

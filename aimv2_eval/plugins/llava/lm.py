@@ -72,7 +72,7 @@ def set_chat_template(tok: Any, template: str, name: str) -> None:
     tok.chat_template = LLAMA3_TEMPLATE if template == "llama3" else template
 
 
-def load_pretrained_lm(source: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+def load_pretrained_lm(source: str) -> tuple[Any, Any]:
     """(model, tokenizer) from a local folder or a hub id; missing files and offline hubs are one-line errors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -83,7 +83,8 @@ def load_pretrained_lm(source: str, dtype: torch.dtype = torch.float32) -> tuple
     hf_logging.set_verbosity_error()
     try:
         tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else source)
-        lm = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else source, dtype=dtype)
+        # fp32 master weights; bf16 comes from autocast (--precision bf16), as mixed-precision LLaVA training does
+        lm = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else source, dtype=torch.float32)
     except OSError as e:
         raise UserError(f"cannot load the LM {source!r} ({str(e).splitlines()[0]}); give a local folder saved with "
                         "save_pretrained, or run where the hub is reachable") from None

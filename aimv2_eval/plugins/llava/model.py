@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from aimv2_eval.data.images import to_rgb
+
 IMAGE_TOKEN_ID = -200  # LLaVA's IMAGE_TOKEN_INDEX: a placeholder id no vocabulary uses, replaced by image tokens
 IGNORE_INDEX = -100  # labels of prompt and image positions (no loss)
 
@@ -33,7 +35,7 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image
 def tile(image: Image.Image, crop: int, grid: int, thumbnail: bool, fill: tuple[int, int, int]) -> list[Image.Image]:
     """PadToSquare, resize to grid * crop, and the grid x grid crops in reading order (a thumbnail first when asked);
     grid 1 is the plain PadToSquare + Resize of Table C1."""
-    square = pad_to_square(image.convert("RGB"), fill)
+    square = pad_to_square(to_rgb(image), fill)
     crops = [square.resize((crop, crop), Image.BICUBIC)] if thumbnail and grid > 1 else []
     big = square.resize((crop * grid, crop * grid), Image.BICUBIC)
     crops += [big.crop((c * crop, r * crop, (c + 1) * crop, (r + 1) * crop)) for r in range(grid) for c in range(grid)]
@@ -92,6 +94,8 @@ class LlavaModel(nn.Module):
             if projected.shape[0] != int(slots.sum()):
                 raise ValueError(f"{int(slots.sum())} image placeholders but {projected.shape[0]} image tokens")
             x = x.masked_scatter(slots.unsqueeze(-1), projected.to(x.dtype))
+        elif self.training:  # a text-only batch still touches the connector, so every rank reduces the same tensors
+            x = x + 0.0 * self.connector(x.new_zeros(1, self.tower.dim)).sum()
         return x
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,

@@ -26,7 +26,7 @@ from aimv2_eval.launch.distributed import DistContext, gather_objects, shard
 from aimv2_eval.metrics import multimodal as mm
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
 from aimv2_eval.plugins.llava import lm as lms
-from aimv2_eval.plugins.llava.evaluate import RECORD_KEY, Evaluator, question_text, summarise
+from aimv2_eval.plugins.llava.evaluate import RECORD_KEY, Evaluator, summarise
 from aimv2_eval.plugins.llava.model import LlavaModel, VisionTower, tile
 from aimv2_eval.plugins.llava.prompts import encode_conversation
 from aimv2_eval.plugins.llava.train import full_state, train
@@ -77,6 +77,9 @@ class LlavaPlugin(Plugin):
             raise UserError(f"tower.crop {tower['crop']} is not a multiple of the patch size {backbone.patch_size}")
         crops = tower["grid"] ** 2 + (1 if tower["thumbnail"] and tower["grid"] > 1 else 0)
         p["image_tokens"] = crops * (tower["crop"] // backbone.patch_size) ** 2
+        if int(p["max_length"]) < p["image_tokens"] + 32:
+            raise UserError(f"task {task.name}: max_length {p['max_length']} leaves no room for text after "
+                            f"{p['image_tokens']} image tokens; raise protocol.max_length")
         if options.limit is not None:
             p["limit"] = int(options.limit)
         if options.batch_size is not None:
@@ -95,9 +98,9 @@ class LlavaPlugin(Plugin):
             convs = data.scene_conversations(int(tdata["n"]), int(tdata["seed"]), int(tdata.get("image_size", 64)),
                                              int(tdata.get("max_objects", 4)), tdata.get("turns_per_conversation"))
         else:
-            root = data.data_root(options.data_root) if hasattr(data, "data_root") else None
-            fill = (lambda s: str(s).replace("{root}", str(root))) if root else str
-            convs = data.open_conversations(fill(tdata["json"]), fill(tdata.get("images", "")))
+            root = str(data.data_root(options.data_root))
+            convs = data.open_conversations(str(tdata["json"]).replace("{root}", root),
+                                            str(tdata.get("images", "")).replace("{root}", root) or None)
         if not convs:
             raise UserError(f"task {task.name}: the training data is empty")
         prior_source = data.open_mm_split(task.data, "train", options.data_root) if "train" in task.data.get(
@@ -114,6 +117,16 @@ def training_key(backbone: Any, p: dict[str, Any], seed: int) -> str:
     what = {"backbone": backbone.meta.name, "weights": backbone.weights_id, "tower": p["tower"], "lm": p["lm"],
             "train": p["train"], "max_length": p["max_length"], "precision": p["precision"], "seed": seed}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_tuned(model: LlavaModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Connector + LM weights into `model`; anything missing but the (registry-loaded) tower is an error, so an
+    untrained connector is never evaluated by accident."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("tower.")]
+    if missing or result.unexpected_keys:
+        raise UserError(f"{path} does not match this model ({len(missing)} missing, {len(result.unexpected_keys)} "
+                        "unexpected tensors); delete it to retrain")
 
 
 class _LlavaRun:
@@ -181,7 +194,7 @@ class _LlavaRun:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:
                 raise UserError(f"cannot read the tuned model {path} ({type(exc).__name__}); delete it to retrain") from None
-            model.load_state_dict(state["model"], strict=False)
+            load_tuned(model, state["model"], path)
             return model, {**state["summary"], "reused": True}, key
         n, max_length = self.p["image_tokens"], int(self.p["max_length"])
         samples = []
@@ -196,7 +209,7 @@ class _LlavaRun:
         state = full_state(model)
         if self.ctx.distributed and self.p["train"].get("fsdp"):  # evaluate on an unsharded copy
             model = self._build()[0]
-            model.load_state_dict(state, strict=False)
+            load_tuned(model, state, path)
         if self.ctx.is_main:
             torch_save_atomic(path, {"model": state, "summary": summary})
         return model, {**summary, "reused": False}, key
@@ -205,7 +218,7 @@ class _LlavaRun:
     def _answer_prior(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The trivial answerer: the most frequent answer per question type (captions: the most frequent caption),
         fitted on the task's training split when it has one (embedded), else on the evaluation answers themselves
-        (an optimistic prior, labelled as such)."""
+        (an optimistic prior, labelled as such). Reads samples without decoding their images."""
         from aimv2_eval.plugins.llava.evaluate import score
 
         e = self.p["eval"]
@@ -213,18 +226,20 @@ class _LlavaRun:
         pairs = []
         for i in range(len(source)):
             try:
-                s = source[i]
+                m = source.meta(i)
             except UserError:
                 continue
-            pairs += [(s.question_type, a) for a in s.answers[:1]]
+            pairs += [(m.question_type, a) for a in m.answers[:1]]
+        if not pairs:
+            return {"fitted_on": "nothing: no sample has an answer"}
         prior = mm.answer_prior(pairs)
         guessed = []
         for r in rows:
-            if r.get("error"):
+            if not r["answers"]:
                 continue
-            s = self.evalset[r["index"]]
-            guess = prior.get(s.question_type, prior["*"])
-            guessed.append({**r, "prediction": guess, "score": score(e["metric"], guess, s)})
+            m = self.evalset.meta(r["index"])
+            guess = prior.get(m.question_type, prior["*"])
+            guessed.append({**r, "prediction": guess, "score": score(e["metric"], guess, m)})
         fitted_on = "train split" if self.prior_source is not None else "evaluation answers (optimistic)"
         return {**(summarise(e["metric"], guessed) if guessed else {}), "fitted_on": fitted_on}
 
@@ -244,15 +259,13 @@ class _LlavaRun:
         bar.close()
         rows = sorted((r for part in gather_objects(rows, self.ctx) for r in part), key=lambda r: r["index"])
         e = self.p["eval"]
-        metrics = summarise(e["metric"], rows)
+        artifacts = {}
+        if self.ctx.is_main and self.opt.output_dir is not None:  # first: the answers survive a failing summary
+            write_text_atomic(self.opt.output_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+            artifacts["samples"] = "samples.jsonl"
+        metrics = summarise(e["metric"], [r for r in rows if r["answers"]])
         metrics["failed_samples"] = float(sum(1 for r in rows if r.get("error")))
         baseline = self._answer_prior(rows)
-        artifacts = {}
-        if self.ctx.is_main and self.opt.output_dir is not None:
-            lines = [json.dumps({"question": question_text(self.evalset[r["index"]], e["prompt"])
-                                 if not r.get("error") else None, **r}) for r in rows]
-            write_text_atomic(self.opt.output_dir / "samples.jsonl", "\n".join(lines) + "\n")
-            artifacts["samples"] = "samples.jsonl"
         main = self.task.metric["main"]
         if main not in metrics:
             raise UserError(f"task {self.task.name}: metric.main {main!r} is not produced; choose one of "

@@ -59,7 +59,15 @@ def encode_conversation(tok: Any, turns: list[tuple[str, str]], n_image_tokens: 
     return ids, labels
 
 
-def encode_prompt(tok: Any, question: str, n_image_tokens: int, has_image: bool = True) -> list[int]:
-    """The ids of a one-turn prompt ending where the assistant's answer starts."""
-    msgs = _messages([(question, "")], has_image)[:1]
+def encode_prompt(tok: Any, question: str, n_image_tokens: int) -> list[int]:
+    """The ids of a one-turn prompt (with the image) ending where the assistant's answer starts."""
+    msgs = _messages([(question, "")], True)[:1]
     return _ids(tok, _render(tok, msgs, True), n_image_tokens)
+
+
+def end_of_turn_ids(tok: Any) -> list[int]:
+    """The ids the template closes an empty assistant turn with (special tokens only): generation stops there."""
+    msgs = _messages([("?", "")], False)
+    prompt, full = _render(tok, msgs[:1], True), _render(tok, msgs, False)
+    ids = _ids(tok, full[len(prompt):], 0) if full.startswith(prompt) else []
+    return [i for i in ids if i in set(tok.all_special_ids)]

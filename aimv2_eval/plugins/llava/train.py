@@ -65,16 +65,21 @@ def train(model: LlavaModel, samples: list[tuple[list[int], list[int], Any]], en
           p: dict[str, Any], ctx: DistContext, checkpointer: Checkpointer, resume: bool, progress: bool,
           seed: int) -> dict[str, Any]:
     """samples: (input_ids, labels, image key) per conversation; `encode(keys)` gives their tower features.
-    Returns the loss history (one mean per `log_every` steps) and throughput."""
+    Returns the loss history (one mean per `log_every` steps) and throughput. `train.micro_batch` splits each rank's
+    share of a step into forwards of that many conversations (gradient accumulation: same update, less memory)."""
     t = p["train"]
     steps, bs = int(t["iterations"]), int(t["batch_size"])
     if bs % ctx.world_size:
         raise UserError(f"train.batch_size {bs} must be divisible by the {ctx.world_size} processes")
-    model.lm.train()
+    model.train()  # the tower stays in eval mode (VisionTower.train)
     if t.get("grad_checkpointing"):
         model.lm.gradient_checkpointing_enable()
     net: torch.nn.Module = model
-    if ctx.distributed and t.get("fsdp"):
+    sharded = ctx.distributed and bool(t.get("fsdp"))
+    if sharded and resume:
+        raise UserError("--resume with fsdp: resumable sharded checkpoints are not implemented yet; rerun without "
+                        "--resume (the tuned model itself is cached once training ends)")
+    if sharded:
         shard_lm(model)
     elif ctx.distributed:
         net = wrap_ddp(model, ctx.device)
@@ -87,6 +92,7 @@ def train(model: LlavaModel, samples: list[tuple[list[int], list[int], Any]], en
     trainable = [q for q in model.parameters() if q.requires_grad]
     n = len(samples)
     per_rank = bs // ctx.world_size
+    micro = max(1, min(per_rank, int(t.get("micro_batch") or per_rank)))  # gradient accumulation within a step
     bar = Progress(steps - start_chunk * every, "instruction tuning", enabled=progress and ctx.is_main)
     losses: list[float] = []
     tokens, t0 = 0, time.perf_counter()
@@ -97,34 +103,37 @@ def train(model: LlavaModel, samples: list[tuple[list[int], list[int], Any]], en
         offset = first - (first // n) * n
         mine = order[offset + ctx.rank * per_rank: offset + (ctx.rank + 1) * per_rank]
         batch = [samples[int(i)] for i in mine]
-        ids = pad_right([b[0] for b in batch], 0)
-        labels = pad_right([b[1] for b in batch], IGNORE_INDEX)
-        mask = pad_right([[1] * len(b[0]) for b in batch], 0)
-        feats = encode([b[2] for b in batch])
+        # per-token mean over the global batch: each micro-batch's token sum / the global number of answer tokens
+        n_tok = torch.tensor([float(sum(sum(lab != IGNORE_INDEX for lab in b[1][1:]) for b in batch))])
+        all_reduce_sum(n_tok, ctx)
         schedule.set(step)
-        with autocast(ctx.device, p["precision"]):
-            # per-token mean over the global batch: each rank's sum / the global number of answer tokens
-            n_tok = torch.tensor([float((labels[:, 1:] != IGNORE_INDEX).sum())])
-            all_reduce_sum(n_tok, ctx)
-            loss = net(ids.to(ctx.device), mask.to(ctx.device), labels.to(ctx.device), feats)
-            local = float((labels[:, 1:] != IGNORE_INDEX).sum())
-            loss = loss * local / max(float(n_tok), 1.0) * ctx.world_size
-        check_finite(loss, step, "lower protocol.train.lm_lr / connector_lr or raise warmup_iters")
         optim.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss = 0.0
+        for lo in range(0, len(batch), micro):
+            part = batch[lo: lo + micro]
+            ids = pad_right([b[0] for b in part], 0)
+            labels = pad_right([b[1] for b in part], IGNORE_INDEX)
+            mask = pad_right([[1] * len(b[0]) for b in part], 0)
+            local = float((labels[:, 1:] != IGNORE_INDEX).sum())
+            with autocast(ctx.device, p["precision"]):
+                loss = net(ids.to(ctx.device), mask.to(ctx.device), labels.to(ctx.device), encode([b[2] for b in part]))
+                loss = loss * local / max(float(n_tok), 1.0) * ctx.world_size
+            check_finite(loss, step, "lower protocol.train.lm_lr / connector_lr or raise warmup_iters")
+            loss.backward()
+            step_loss += float(loss.detach())
+            tokens += int(mask.sum())
         clip_grad(trainable, t.get("grad_clip"))
         optim.step()
-        losses.append(float(loss.detach()) / ctx.world_size)
-        tokens += int(mask.sum())
+        losses.append(step_loss / ctx.world_size)
         bar.update(1, loss=f"{losses[-1] * ctx.world_size:.3f}")
         if (step + 1) % every == 0 or step + 1 == steps:
             mean = torch.tensor([sum(losses), float(len(losses))], dtype=torch.float64)
             all_reduce_sum(mean, ctx)
             history.append(round(float(mean[0] / max(1.0, float(mean[1]) / ctx.world_size)), 5))
             losses = []
-            if (step + 1) % every == 0 and ctx.is_main:
+            if (step + 1) % every == 0 and ctx.is_main and not sharded:  # rank 0 holds only its shards
                 checkpointer.save_epoch(model, optim, (step + 1) // every, history)
     bar.close()
-    model.lm.eval()
+    model.eval()
     seconds = max(time.perf_counter() - t0, 1e-9)
     return {"loss_history": history, "train_tokens_per_s": round(tokens * ctx.world_size / seconds, 1)}
