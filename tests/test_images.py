@@ -67,3 +67,20 @@ def test_open_image_decodes_files_and_bytes(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="cannot read image .*missing.png"):
         open_image(tmp_path / "missing.png")
+
+
+def test_eval_transform_reads_16_bit_grey_like_the_data_sources():
+    """A 16-bit PNG through the backbone's eval transform is the image rescaled to 8 bits, not clipped to white."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from aimv2_eval.backbones import EvalTransform, create_backbone
+
+    tf = EvalTransform(create_backbone("aimv2-tiny", pretrained=False).preprocess)
+    ramp = (np.arange(112 * 112, dtype=np.uint16).reshape(112, 112) * 5).astype(np.uint16)  # 0 .. 62,715
+    wide = Image.fromarray(ramp)  # uint16 -> mode I;16
+    assert wide.mode.startswith("I;16")
+    eight = Image.fromarray(np.round(ramp / ramp.max() * 255).astype(np.uint8), "L").convert("RGB")
+    torch.testing.assert_close(tf(wide), tf(eight), atol=0.02, rtol=0)
+    assert tf(wide).std() > 0.5  # not one flat colour
