@@ -322,3 +322,40 @@ def test_micro_batches_accumulate_to_the_same_updates(tmp_path, monkeypatch):
                     "--limit", "4", "--out", str(tmp_path / f"r{micro}")]) == 0
         histories.append(_record(tmp_path / f"r{micro}")["details"]["training"]["loss_history"])
     np.testing.assert_allclose(histories[1], histories[0], rtol=1e-4)
+
+
+def test_a_question_longer_than_the_context_is_one_failed_sample(tmp_path, monkeypatch):
+    import dataclasses
+
+    from aimv2_eval.data import multimodal
+
+    monkeypatch.setenv("AIMV2_EVAL_CACHE", str(tmp_path / "cache"))
+    real = multimodal.open_mm_split
+
+    class LongFirst:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def _long(self, s):
+            return dataclasses.replace(s, question="how many red shapes are there ? " * 40)
+
+        def meta(self, i):
+            return self._long(self.inner.meta(i)) if i == 0 else self.inner.meta(i)
+
+        def __getitem__(self, i):
+            return self._long(self.inner[i]) if i == 0 else self.inner[i]
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(multimodal, "open_mm_split", lambda cfg, split, root=None: (
+        LongFirst(real(cfg, split, root)) if split == "eval" else real(cfg, split, root)))
+    task = _small_task(tmp_path, "tiny_vqa")
+    assert cli(["run", "--backbone", "aimv2-tiny", "--random-init", "--no-progress", "--task", str(task),
+                "--out", str(tmp_path / "r")]) == 0
+    rows = [json.loads(x) for x in next((tmp_path / "r").rglob("samples.jsonl")).read_text().splitlines()]
+    assert "exceeds the context" in rows[0]["error"] and rows[0]["answers"] and rows[0]["score"] == 0.0
+    assert all("error" not in r for r in rows[1:])
