@@ -145,3 +145,27 @@ def test_unreadable_image_in_a_worker_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0, err
     assert "cannot read image" in err and "9.png" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--limit", "-1"], "--limit must be >= 1"),
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--workers", "-2"], "--workers must be >= 0"),
+    (["--weights", ""], "--weights is empty"),
+    (["--weights", " "], "--weights is empty"),
+])
+def test_meaningless_run_arguments_end_in_one_line_before_any_work(tmp_path, capsys, flags, message):
+    """Values argparse accepts but that meant something else (--limit -1 silently dropped a sample, --weights ''
+    was ignored): one line, exit 2, no record."""
+    code = main(["run", *TINY, "--task", "digits_probe", *flags, "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and err.count("\n") == 0, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_backbone_name_is_not_the_current_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--backbone", "", "--task", "digits_probe", "--out", str(tmp_path / "out")]) == 2
+    assert "--backbone is empty" in capsys.readouterr().err

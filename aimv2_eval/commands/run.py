@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from aimv2_eval.errors import UserError
+
 DEFAULT_CACHE = Path(os.environ.get("AIMV2_EVAL_CACHE", "~/.cache/aimv2-eval")).expanduser() / "features"
 
 
@@ -44,6 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Values argparse's types let through but that mean nothing (or something else than the user meant)."""
+    for flag, value in (("--backbone", args.backbone), ("--task", args.task), ("--weights", args.weights)):
+        if value is not None and not str(value).strip():
+            raise UserError(f"{flag} is empty; give a name (`aimv2-eval list`) or drop the flag")
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                             ("--limit", args.limit, 1), ("--workers", args.workers, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     out = {"host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
@@ -59,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
     from aimv2_eval.tasks import load_task
 
     start = time.perf_counter()
+    check_arguments(args)
     task = load_task(args.task, args.tasks_dir)  # bad names fail before anything heavy
     plugin = get_plugin(task.plugin)
     spec = get_spec(args.backbone)
