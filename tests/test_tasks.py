@@ -285,6 +285,13 @@ def test_imagefolder_identity_changes_when_an_image_is_replaced(tmp_path):
     assert open_split(data, "train", tmp_path).identity != before
 
 
+def test_empty_class_folder_is_refused_with_its_name(tmp_path):
+    make_folder(tmp_path, "train", {"a": "RGB", "b": "RGB"})
+    (tmp_path / "bench" / "train" / "c").mkdir()
+    with pytest.raises(UserError, match="c: class folder has no images"):
+        open_split({"num_classes": 3, "imagefolder": {"dir": "bench"}}, "train", tmp_path)
+
+
 def test_missing_benchmark_data_names_both_routes(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

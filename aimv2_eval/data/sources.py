@@ -168,6 +168,9 @@ def open_imagefolder(cfg: dict, split: str, root: Path, classes: list[str] | Non
         if d.name not in index:
             raise UserError(f"{folder}: class folder {d.name!r} is not among the training classes; remove it or rename it")
         files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:  # a class with no images would silently drop out of the accuracy
+            raise UserError(f"{d}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or "
+                            "remove the folder")
         paths += files
         labels += [index[d.name]] * len(files)
     if not paths:
