@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aimv2_eval.engine import Checkpointer, Progress
+from aimv2_eval.engine import Checkpointer, Progress, autocast
 from aimv2_eval.errors import UserError
 from aimv2_eval.io import torch_save_atomic, write_text_atomic
 from aimv2_eval.launch.distributed import DistContext, gather_objects, shard
@@ -103,8 +103,9 @@ class LlavaPlugin(Plugin):
                                             str(tdata.get("images", "")).replace("{root}", root) or None)
         if not convs:
             raise UserError(f"task {task.name}: the training data is empty")
-        prior_source = data.open_mm_split(task.data, "train", options.data_root) if "train" in task.data.get(
-            task.data.get("source"), {}) else None  # the answer prior's data (embedded tasks have a train split)
+        source_cfg = task.data.get(task.data.get("source")) or {}
+        # the answer prior's data: a train split where the task has one (the embedded tasks)
+        prior_source = data.open_mm_split(task.data, "train", options.data_root) if "train" in source_cfg else None
         return evalset, convs, prior_source
 
     def run(self, backbone: Any, task: Any, protocol: dict[str, Any], data: tuple[Any, Any, Any], options: RunOptions,
@@ -147,8 +148,6 @@ class _LlavaRun:
         crops = [tile(im, t["crop"], t["grid"], t["thumbnail"], self.fill) for im in images]
         flat = [torch.from_numpy(np.asarray(c, dtype=np.float32) / 255.0).permute(2, 0, 1) for cs in crops for c in cs]
         x = (torch.stack(flat) - self.mean) / self.std
-        from aimv2_eval.engine import autocast
-
         with autocast(self.ctx.device, self.p["precision"]):
             feats = self.tower(x.to(self.ctx.device)).float()
         out, k = [], 0
