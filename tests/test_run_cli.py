@@ -169,3 +169,11 @@ def test_empty_backbone_name_is_not_the_current_folder(tmp_path, capsys, monkeyp
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--backbone", "", "--task", "digits_probe", "--out", str(tmp_path / "out")]) == 2
     assert "--backbone is empty" in capsys.readouterr().err
+
+
+def test_version_flag(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"aimv2-eval {version('aimv2-eval')}"
