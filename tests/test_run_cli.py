@@ -177,3 +177,12 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"aimv2-eval {version('aimv2-eval')}"
+
+
+def test_list_json_gives_raw_rows(capsys):
+    assert main(["list", "backbones", "aimv2-tiny", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["name"] == "aimv2-tiny" and isinstance(row["params"], int) and row["resolution"] == 112
+    assert main(["list", "tasks", "scenes_v*", "--json"]) == 0
+    assert {"scenes_vqa", "scenes_vitdet"} <= {r["name"] for r in json.loads(capsys.readouterr().out)}
+    assert main(["list", "tasks", "nothing-like-this*", "--json"]) == 1 and json.loads(capsys.readouterr().out) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 
 KINDS = ("backbones", "tasks", "plugins")
 
@@ -11,6 +12,7 @@ KINDS = ("backbones", "tasks", "plugins")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="what to list")
     parser.add_argument("pattern", nargs="?", default=None, help="glob pattern on names, e.g. 'aimv2-*' or '*siglip*'")
+    parser.add_argument("--json", action="store_true", help="one JSON list of rows (raw values), for scripts")
 
 
 def _params(n: int | None) -> str:
@@ -27,11 +29,11 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _backbones(pattern: str | None) -> list[dict]:
+def _backbones(pattern: str | None, raw: bool = False) -> list[dict]:
     from aimv2_eval.backbones import backbone_rows
 
     rows = backbone_rows(pattern)
-    for r in rows:
+    for r in [] if raw else rows:
         r["params"] = _params(r["params"])
         r["weights"] = "yes" if r["weights"] else "no"
     return rows
@@ -50,7 +52,7 @@ def _other(kind: str, pattern: str | None) -> list[dict] | None:
 def main(args: argparse.Namespace) -> int:
     rows: list[dict] | None
     if args.kind == "backbones":
-        rows = _backbones(args.pattern)
+        rows = _backbones(args.pattern, raw=args.json)
         columns = ["name", "family", "params", "resolution", "weights", "aliases"]
     else:
         rows = _other(args.kind, args.pattern)
@@ -58,6 +60,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"no {args.kind} yet: this installation has no {args.kind} registry")
             return 0
         columns = list(dict.fromkeys(k for r in rows for k in r))
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0 if rows else 1
     if not rows:
         print(f"no {args.kind} match {args.pattern!r}")
         return 1
