@@ -1,4 +1,5 @@
-"""Nested config dicts (task YAMLs and their includes, pretraining recipes): one deep merge for all of them.
+"""Nested config dicts (task YAMLs and their includes, pretraining recipes): one deep merge for all of them; and
+`cache_home()`, the one root of the harness's caches.
 
 A leaf module: every layer may import it.
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from aimv2_eval.errors import UserError
@@ -36,3 +39,8 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any], strict: bool = False,
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def cache_home() -> Path:
+    """$AIMV2_EVAL_CACHE, default ~/.cache/aimv2-eval: feature caches, tuned LLaVA models."""
+    return Path(os.environ.get("AIMV2_EVAL_CACHE", "~/.cache/aimv2-eval")).expanduser()

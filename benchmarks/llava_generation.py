@@ -26,7 +26,7 @@ from PIL import Image
 from aimv2_eval.backbones import create_backbone
 from aimv2_eval.plugins.llava import lm as lms
 from aimv2_eval.plugins.llava.model import LlavaModel, VisionTower, tile
-from aimv2_eval.plugins.llava.prompts import encode_prompt
+from aimv2_eval.plugins.llava.prompts import encode_prompt, left_padded
 from aimv2_eval.report.store import environment
 
 QUESTIONS = ["how many red shapes are there ?", "what colour is the circle ?", "is there a star ?",
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     def batched(use_cache: bool = True) -> None:
         for lo in range(0, len(prompts), args.batch_size):
             ps, fs = prompts[lo: lo + args.batch_size], feats[lo: lo + args.batch_size]
-            n = max(map(len, ps))
-            ids = torch.tensor([[pad] * (n - len(p)) + p for p in ps])
-            mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in ps])
+            ids, mask = left_padded(ps, pad)
             model.generate(ids, mask, fs, use_cache=use_cache, **kw)
 
     report: dict = {"machine": environment(), "platform": platform.processor(), "args": vars(args) | {"out": str(args.out)}}

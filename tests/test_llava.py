@@ -16,7 +16,7 @@ from aimv2_eval.backbones import create_backbone
 from aimv2_eval.errors import UserError
 from aimv2_eval.plugins.llava import lm as lms
 from aimv2_eval.plugins.llava.model import IGNORE_INDEX, IMAGE_TOKEN_ID, Connector, LlavaModel, VisionTower, tile
-from aimv2_eval.plugins.llava.prompts import encode_conversation, encode_prompt
+from aimv2_eval.plugins.llava.prompts import encode_conversation, encode_prompt, left_padded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,9 +134,7 @@ def test_batched_left_padded_generation_equals_one_at_a_time(model, tok):
     prompts = [encode_prompt(tok, q, 4) for q in questions]
     feats = [torch.randn(4, 192) for _ in questions]
     pad = tok.pad_token_id
-    n = max(map(len, prompts))
-    ids = torch.tensor([[pad] * (n - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])
+    ids, mask = left_padded(prompts, pad)
     batched = model.generate(ids, mask, feats, max_new_tokens=6, min_new_tokens=6, pad_token_id=pad)
     for k, p in enumerate(prompts):
         single = model.generate(torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), [feats[k]],
@@ -173,6 +171,31 @@ def _record(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
+class _EvalSplit:
+    """A task's evaluation split seen through a test's changes (subclasses override what they break)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        return self.inner[i]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _wrap_eval_split(monkeypatch, wrapper) -> None:
+    """Every evaluation split the plugin opens goes through `wrapper`; training splits are left alone."""
+    from aimv2_eval.data import multimodal
+
+    real = multimodal.open_mm_split
+    monkeypatch.setattr(multimodal, "open_mm_split", lambda cfg, split, root=None: (
+        wrapper(real(cfg, split, root)) if split == "eval" else real(cfg, split, root)))
+
+
 def test_run_trains_once_for_two_benchmarks_and_logs_samples(tmp_path, monkeypatch):
     monkeypatch.setenv("AIMV2_EVAL_CACHE", str(tmp_path / "cache"))
     vqa, cap = _small_task(tmp_path, "tiny_vqa"), _small_task(tmp_path, "tiny_captions", kind="caption")
@@ -201,25 +224,14 @@ def test_a_sample_that_fails_is_recorded_and_the_others_are_answered(tmp_path, m
     from aimv2_eval.data import multimodal
 
     monkeypatch.setenv("AIMV2_EVAL_CACHE", str(tmp_path / "cache"))
-    real = multimodal.open_mm_split
 
-    class OneBroken:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __len__(self):
-            return len(self.inner)
-
+    class OneBroken(_EvalSplit):
         def __getitem__(self, i):
             if i == 1:
                 raise multimodal.SampleError("sample scene-1-0-q1: image does not decode (broken.png)")
             return self.inner[i]
 
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-    monkeypatch.setattr(multimodal, "open_mm_split", lambda cfg, split, root=None: (
-        OneBroken(real(cfg, split, root)) if split == "eval" else real(cfg, split, root)))
+    _wrap_eval_split(monkeypatch, OneBroken)
     task = _small_task(tmp_path, "tiny_vqa")
     assert cli(["run", "--backbone", "aimv2-tiny", "--random-init", "--no-progress", "--task", str(task),
                 "--out", str(tmp_path / "r")]) == 0
@@ -327,18 +339,9 @@ def test_micro_batches_accumulate_to_the_same_updates(tmp_path, monkeypatch):
 def test_a_question_longer_than_the_context_is_one_failed_sample(tmp_path, monkeypatch):
     import dataclasses
 
-    from aimv2_eval.data import multimodal
-
     monkeypatch.setenv("AIMV2_EVAL_CACHE", str(tmp_path / "cache"))
-    real = multimodal.open_mm_split
 
-    class LongFirst:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __len__(self):
-            return len(self.inner)
-
+    class LongFirst(_EvalSplit):
         def _long(self, s):
             return dataclasses.replace(s, question="how many red shapes are there ? " * 40)
 
@@ -348,11 +351,7 @@ def test_a_question_longer_than_the_context_is_one_failed_sample(tmp_path, monke
         def __getitem__(self, i):
             return self._long(self.inner[i]) if i == 0 else self.inner[i]
 
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-    monkeypatch.setattr(multimodal, "open_mm_split", lambda cfg, split, root=None: (
-        LongFirst(real(cfg, split, root)) if split == "eval" else real(cfg, split, root)))
+    _wrap_eval_split(monkeypatch, LongFirst)
     task = _small_task(tmp_path, "tiny_vqa")
     assert cli(["run", "--backbone", "aimv2-tiny", "--random-init", "--no-progress", "--task", str(task),
                 "--out", str(tmp_path / "r")]) == 0

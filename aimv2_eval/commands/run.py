@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from aimv2_eval.config import cache_home
 from aimv2_eval.errors import UserError
 
-DEFAULT_CACHE = Path(os.environ.get("AIMV2_EVAL_CACHE", "~/.cache/aimv2-eval")).expanduser() / "features"
+DEFAULT_CACHE = cache_home() / "features"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

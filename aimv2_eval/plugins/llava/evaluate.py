@@ -17,7 +17,7 @@ import torch
 from aimv2_eval.errors import UserError
 from aimv2_eval.metrics import multimodal as mm
 from aimv2_eval.plugins.llava.model import LlavaModel
-from aimv2_eval.plugins.llava.prompts import encode_prompt, end_of_turn_ids
+from aimv2_eval.plugins.llava.prompts import encode_prompt, end_of_turn_ids, left_padded
 
 # metric of the task -> the key it is recorded under (the paper tables' metric names, results/paper/table7.csv)
 RECORD_KEY = {"vqa_accuracy": "accuracy", "vqa_accuracy_norm": "accuracy", "exact_match": "accuracy", "choice_accuracy": "accuracy", "anls": "anls",
@@ -88,11 +88,9 @@ class Evaluator:
         return [self.features[s.image_id] for s in samples]
 
     def _generate(self, prompts: list[list[int]], feats: list[torch.Tensor]) -> list[str]:
-        n = max(len(q) for q in prompts)
         pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (n - len(q)) + q for q in prompts], device=self.device)  # left padding
-        mask = torch.tensor([[0] * (n - len(q)) + [1] * len(q) for q in prompts], device=self.device)
-        out = self.model.generate(ids, mask, feats, max_new_tokens=int(self.p["eval"]["max_new_tokens"]),
+        ids, mask = left_padded(prompts, pad)
+        out = self.model.generate(ids.to(self.device), mask.to(self.device), feats, max_new_tokens=int(self.p["eval"]["max_new_tokens"]),
                                   eos_token_id=self.eos, pad_token_id=pad)
         return [self.tok.decode(o, skip_special_tokens=True).strip() for o in out]
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from aimv2_eval.config import cache_home
 from aimv2_eval.engine import Checkpointer, Progress, autocast
 from aimv2_eval.errors import UserError
 from aimv2_eval.io import torch_save_atomic, write_text_atomic
@@ -35,10 +35,6 @@ KINDS = ("vqa", "short", "mc", "yes_no", "caption")
 TRAIN_KEYS = ("iterations", "batch_size", "lm_lr", "connector_lr", "min_lr", "weight_decay", "betas", "grad_clip",
               "warmup_iters")
 DEFAULTS: dict[str, Any] = {"max_length": 2048, "eval_batch_size": 16}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("AIMV2_EVAL_CACHE", "~/.cache/aimv2-eval")).expanduser() / "llava"
 
 
 class LlavaPlugin(Plugin):
@@ -187,7 +183,7 @@ class _LlavaRun:
     def _train_or_load(self, model: LlavaModel, tok: Any) -> tuple[LlavaModel, dict[str, Any], str]:
         """The tuned model (trained here, or the cached one of an earlier cell with the same training key)."""
         key = training_key(self.backbone, self.p, self.opt.seed)
-        path = cache_root() / key / "model.pt"
+        path = cache_home() / "llava" / key / "model.pt"
         if path.is_file():
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)

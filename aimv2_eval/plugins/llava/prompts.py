@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from aimv2_eval.plugins.llava.model import IGNORE_INDEX, IMAGE_TOKEN_ID
 
 IMAGE_MARK = "<image>"
@@ -71,3 +73,14 @@ def end_of_turn_ids(tok: Any) -> list[int]:
     prompt, full = _render(tok, msgs[:1], True), _render(tok, msgs, False)
     ids = _ids(tok, full[len(prompt):], 0) if full.startswith(prompt) else []
     return [i for i in ids if i in set(tok.all_special_ids)]
+
+
+def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """(B, longest) ids, padded on the right (training) or on the left (generation continues every row's end)."""
+    n = max(len(q) for q in seqs)
+    return torch.tensor([[value] * (n - len(q)) + q if left else q + [value] * (n - len(q)) for q in seqs])
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts for batched generation: (ids, attention mask), both left-padded."""
+    return pad(prompts, pad_id, left=True), pad([[1] * len(q) for q in prompts], 0, left=True)

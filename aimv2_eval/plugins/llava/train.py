@@ -33,11 +33,7 @@ from aimv2_eval.engine import (
 from aimv2_eval.errors import UserError
 from aimv2_eval.launch.distributed import DistContext, all_reduce_sum
 from aimv2_eval.plugins.llava.model import IGNORE_INDEX, LlavaModel
-
-
-def pad_right(seqs: list[list[int]], value: int) -> torch.Tensor:
-    n = max(len(s) for s in seqs)
-    return torch.tensor([s + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
+from aimv2_eval.plugins.llava.prompts import pad
 
 
 def shard_lm(model: LlavaModel) -> None:
@@ -111,9 +107,9 @@ def train(model: LlavaModel, samples: list[tuple[list[int], list[int], Any]], en
         step_loss = 0.0
         for lo in range(0, len(batch), micro):
             part = batch[lo: lo + micro]
-            ids = pad_right([b[0] for b in part], 0)
-            labels = pad_right([b[1] for b in part], IGNORE_INDEX)
-            mask = pad_right([[1] * len(b[0]) for b in part], 0)
+            ids = pad([b[0] for b in part], 0)
+            labels = pad([b[1] for b in part], IGNORE_INDEX)
+            mask = pad([[1] * len(b[0]) for b in part], 0)
             local = float((labels[:, 1:] != IGNORE_INDEX).sum())
             with autocast(ctx.device, p["precision"]):
                 loss = net(ids.to(ctx.device), mask.to(ctx.device), labels.to(ctx.device), encode([b[2] for b in part]))
