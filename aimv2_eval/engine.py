@@ -91,7 +91,9 @@ def build_optimizer(groups: list[dict[str, Any]], lr: float, betas: Sequence[flo
 
 
 class Schedule:
-    """Linear warmup, then cosine decay to `min_lr` (timm's CosineLRScheduler, per-group peaks and lr_scale).
+    """Linear warmup, then cosine decay to `min_lr` (timm's CosineLRScheduler, per-group peaks and lr_scale); or,
+    with `milestones` (update indices), a step decay by `gamma` at each of them (timm's MultiStepLRScheduler, the
+    MultiStepLR of mmdet's detection recipes).
 
     `set(step)` before update `step` (0-based): during warmup update s runs at (s + 1) / warmup of the group's
     peak, so no update runs at lr 0 and update warmup - 1 reaches the peak; from update `warmup` on the cosine
@@ -99,10 +101,17 @@ class Schedule:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                 min_lr: float = 0.0) -> None:
-        from timm.scheduler import CosineLRScheduler
+                 min_lr: float = 0.0, milestones: Sequence[int] | None = None, gamma: float = 0.1) -> None:
+        from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 
         self.total_steps, self.warmup_steps = max(1, int(total_steps)), max(0, int(warmup_steps))
+        if milestones is not None:
+            # warmup_prefix=False: milestones count updates from 0, warmup included (mmdet's MultiStepLR `begin=0`);
+            # timm decays once t + 1 reaches a milestone, mmdet from the milestone itself on: hence m + 1
+            self.timm = MultiStepLRScheduler(optimizer, decay_t=[int(m) + 1 for m in milestones], decay_rate=gamma,
+                                             warmup_t=self.warmup_steps, warmup_lr_init=0.0, warmup_prefix=False,
+                                             t_in_epochs=False)
+            return
         self.timm = CosineLRScheduler(optimizer, t_initial=max(1, self.total_steps - self.warmup_steps),
                                       lr_min=min_lr, warmup_t=self.warmup_steps, warmup_lr_init=0.0,
                                       warmup_prefix=True, t_in_epochs=False)

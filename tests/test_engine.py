@@ -44,6 +44,19 @@ def test_schedule_warmup_cosine_floor():
     assert _lrs(10, 0, peak, floor)[0] == pytest.approx(peak)  # no warmup: starts at the peak
 
 
+def test_step_schedule_decays_at_the_milestones_as_mmdet():
+    """mmdet's MultiStepLR(milestones=[19, 26]) by epoch: epochs 0-18 at the peak, 19-25 x0.1, 26- x0.01."""
+    opt = build_optimizer([{"params": [nn.Parameter(torch.zeros(2))], "lr": 4e-4}], lr=4e-4)
+    sched = Schedule(opt, 30, 0, milestones=[19, 26], gamma=0.1)
+    lrs = []
+    for step in range(30):
+        sched.set(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[:19] == pytest.approx([4e-4] * 19)
+    assert lrs[19:26] == pytest.approx([4e-5] * 7)
+    assert lrs[26:] == pytest.approx([4e-6] * 4)
+
+
 def test_schedule_keeps_each_groups_peak_and_lr_scale():
     a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
     opt = build_optimizer([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-3, "lr_scale": 8.0}], lr=1e-3)
