@@ -463,3 +463,56 @@ class SceneDataset:
         if not 0 <= index < self.n:
             raise IndexError(f"scene {index} out of range 0..{self.n - 1}")
         return generate_scene(self.seed, index, self.size_of(index), self.max_objects, self.text_prob)
+
+
+# ---------------------------------------------------------------- richer referring expressions (grounding only)
+def _extreme(objs: tuple[SceneObject, ...], members: list[int], axis: int, lowest: bool) -> int | None:
+    """The member furthest along an axis, when it leads the next one by half its radius (else: ambiguous)."""
+    if len(members) < 2:
+        return None
+    order = sorted(members, key=lambda k: objs[k].center[axis], reverse=not lowest)
+    a, b = objs[order[0]], objs[order[1]]
+    return order[0] if abs(a.center[axis] - b.center[axis]) > 0.5 * a.radius else None
+
+
+def grounding_expressions(scene: Scene) -> tuple[RefExp, ...]:
+    """`scene.referring` plus harder expressions for referring-expression comprehension: relations to an anchor named
+    by colour and shape ("the small red circle left of the blue square"), extremes ("the leftmost star", "the
+    topmost object") and size superlatives ("the largest object"). Each names exactly one object.
+
+    Computed on demand and never stored in the scene, so existing scenes (and every number pinned on them) are
+    unchanged; like the scene's own texts they follow `flip()` (left/right swapped when mirrored).
+    """
+    objs = scene.objects
+    out: list[RefExp] = []
+    for i, o in enumerate(objs):
+        full = o.phrase()
+        for j, anchor in enumerate(objs):
+            colour_shape = anchor.phrase(size=False)
+            if j == i or sum(x.phrase(size=False) == colour_shape for x in objs) != 1:
+                continue
+            rel = _relation(o, anchor)
+            if [k for k, x in enumerate(objs) if k != j and x.phrase() == full and _relation(x, anchor) == rel] == [i]:
+                out.append(RefExp(f"the {full} {rel} the {colour_shape}", i))
+    words = (("leftmost", 0, True), ("rightmost", 0, False), ("topmost", 1, True), ("bottommost", 1, False))
+    groups = [("object", list(range(len(objs))))]
+    groups += [(s, [k for k, x in enumerate(objs) if x.shape == s]) for s in SHAPES]
+    for noun, members in groups:
+        for word, axis, lowest in words:
+            k = _extreme(objs, members, axis, lowest)
+            if k is not None:
+                out.append(RefExp(f"the {word} {noun}", k))
+    if len(objs) > 1:  # `objects` is sorted by area, largest first
+        if objs[0].area > 1.3 * objs[1].area:
+            out.append(RefExp("the largest object", 0))
+        if objs[-2].area > 1.3 * objs[-1].area:
+            out.append(RefExp("the smallest object", len(objs) - 1))
+    if scene.mirrored:  # relations above are in the unmirrored layout
+        out = [replace(r, text=swap_left_right(r.text)) for r in out]
+    texts = {r.text for r in scene.referring}
+    extra = []
+    for r in out:
+        if r.text not in texts:
+            texts.add(r.text)
+            extra.append(r)
+    return tuple(scene.referring) + tuple(extra)
