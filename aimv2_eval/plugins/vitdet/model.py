@@ -71,19 +71,25 @@ def _conv_norm(cin: int, cout: int, kernel: int) -> nn.Sequential:
 class SimpleFPN(nn.Module):
     """ViTDet's simple feature pyramid from one stride-16 map: 4x (two 2x deconvolutions), 2x (one), 1x, 1/2x (max
     pool), each followed by a 1x1 and a 3x3 convolution with LayerNorm to `out_channels`; plus a stride-64 level
-    max-pooled from the last one (for the RPN's largest anchors). Returns maps at strides 4, 8, 16, 32, 64."""
+    max-pooled from the last one (for the RPN's largest anchors). Returns maps at strides 4, 8, 16, 32, 64 (or at
+    `strides` and twice the last one)."""
 
-    def __init__(self, in_channels: int, out_channels: int = 256) -> None:
+    def __init__(self, in_channels: int, out_channels: int = 256, strides: tuple[int, ...] = (4, 8, 16, 32)) -> None:
         super().__init__()
         d = in_channels
-        self.stages = nn.ModuleList([
-            nn.Sequential(nn.ConvTranspose2d(d, d // 2, 2, stride=2), LayerNorm2d(d // 2), nn.GELU(),
-                          nn.ConvTranspose2d(d // 2, d // 4, 2, stride=2)),
-            nn.ConvTranspose2d(d, d // 2, 2, stride=2),
-            nn.Identity(),
-            nn.MaxPool2d(2, stride=2),
-        ])
-        widths = (d // 4, d // 2, d, d)
+        stages = {
+            4: (nn.Sequential(nn.ConvTranspose2d(d, d // 2, 2, stride=2), LayerNorm2d(d // 2), nn.GELU(),
+                              nn.ConvTranspose2d(d // 2, d // 4, 2, stride=2)), d // 4),
+            8: (nn.ConvTranspose2d(d, d // 2, 2, stride=2), d // 2),
+            16: (nn.Identity(), d),
+            32: (nn.MaxPool2d(2, stride=2), d),
+        }
+        if not strides or list(strides) != sorted(set(strides)) or set(strides) - set(stages):
+            raise ValueError(f"SimpleFPN strides must be increasing, from {sorted(stages)}; got {strides}")
+        # only the levels asked for are built: grounding reads strides 8-64, and the stride-4 map it would drop is
+        # the pyramid's most expensive level
+        self.stages = nn.ModuleList(stages[s][0] for s in strides)
+        widths = tuple(stages[s][1] for s in strides)
         self.lateral = nn.ModuleList(_conv_norm(c, out_channels, 1) for c in widths)
         self.output = nn.ModuleList(_conv_norm(out_channels, out_channels, 3) for _ in widths)
         self.out_channels = out_channels
