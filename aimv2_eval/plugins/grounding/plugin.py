@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -125,11 +126,23 @@ class GroundingPlugin(Plugin):
                             "(P@1) or detection (AP) sets")
         if val.kind == "detection" and not val.class_names:
             raise UserError(f"task {task.name}: the evaluation set has no category names to prompt with")
+        leaked = set(val.novel_names) & {name for s in train for name in _box_counts(s)}
+        if leaked:
+            raise UserError(f"task {task.name}: novel class {sorted(leaked)[0]!r} is annotated in the training "
+                            "mixture; hold it out there too (scenes_ovd: the same held_out list)")
         return train, val
 
     def run(self, backbone: Any, task: Any, protocol: dict[str, Any], data: tuple[list[GroundingSet], GroundingSet],
             options: RunOptions, ctx: DistContext) -> PluginResult:
         return _GroundingRun(backbone, task, protocol, data, options, ctx).run()
+
+
+def _box_counts(dataset: GroundingSet) -> Counter[str]:
+    """Boxes per class name in a detection set (empty for REC / phrase sets)."""
+    if dataset.kind != "detection" or dataset.gt is None:
+        return Counter()
+    names = dict(zip(dataset.category_ids, dataset.class_names))
+    return Counter(names[a["category_id"]] for a in dataset.gt["annotations"])
 
 
 def build_detector(backbone: Any, text_encoder: Any, p: dict[str, Any]) -> torch.nn.Module:
@@ -390,12 +403,7 @@ class _GroundingRun:
     def _largest_box(self) -> list[dict]:
         """The trivial detector: one whole-image box per image, of the most frequent training class of the same
         name (the first class when no training set names it)."""
-        counts: dict[str, int] = {}
-        for s in self.train_sets:
-            if s.kind == "detection" and s.gt is not None:
-                for ann in s.gt["annotations"]:
-                    name = s.class_names[s.category_ids.index(ann["category_id"])]
-                    counts[name] = counts.get(name, 0) + 1
+        counts = sum((_box_counts(s) for s in self.train_sets), Counter())
         ds = self.val_set
         known = [n for n in ds.class_names if n in counts]
         label = ds.class_names.index(max(known, key=counts.__getitem__)) if known else 0
