@@ -19,6 +19,7 @@ COMMANDS = {
     "leaderboard": "build the leaderboard CSV / markdown / paper tables from records",
     "regress": "compare measured records with the paper's (or pinned) reference numbers",
     "encode": "encode images with a backbone and save their tokens",
+    "sweep": "run a grid of backbones x tasks x seeds (local, torchrun or Slurm); `sweep status DIR`",
 }
 
 

@@ -13,6 +13,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,32 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
-def main(args: argparse.Namespace) -> int:
-    from aimv2_eval.backbones import create_backbone, describe_backbone, get_spec
-    from aimv2_eval.launch.distributed import init_distributed, shutdown
+@dataclass
+class CellPlan:
+    """One cell, resolved without loading weights or data: what `run` would evaluate and where its record goes."""
+
+    task: Any
+    plugin: Any
+    spec: Any
+    backbone: str  # the record's backbone name (`-random` for --random-init)
+    options: Any
+    protocol: dict[str, Any]
+    protocol_hash: str
+    path: Path  # the record; it exists once the cell is done
+
+    @property
+    def key(self) -> str:
+        """The cell id as a relative path: backbone/task/hash-seedN (the record's path without root and .json)."""
+        return f"{self.path.parent.parent.name}/{self.path.parent.name}/{self.path.stem}"
+
+
+def plan_cell(args: argparse.Namespace) -> CellPlan:
+    """Resolve a cell's id from run's arguments; `aimv2-eval sweep` calls this too, so both agree on every id."""
+    from aimv2_eval.backbones import describe_backbone, get_spec
     from aimv2_eval.plugins import RunOptions, get_plugin
-    from aimv2_eval.report.store import cell_path, new_record, protocol_hash, write_record
+    from aimv2_eval.report.store import cell_path, protocol_hash
     from aimv2_eval.tasks import load_task
 
-    start = time.perf_counter()
     check_arguments(args)
     task = load_task(args.task, args.tasks_dir)  # bad names fail before anything heavy
     plugin = get_plugin(task.plugin)
@@ -88,6 +107,30 @@ def main(args: argparse.Namespace) -> int:
     phash = protocol_hash({"task": task.name, "version": task.version, "data": task.data, "protocol": protocol,
                            "weights": args.weights, "pretrained": not args.random_init})
     path = cell_path(args.out, cell_backbone, task.name, phash, args.seed)
+    return CellPlan(task, plugin, spec, cell_backbone, options, protocol, phash, path)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not a usage block and an exit (the caller may be a sweep)
+        raise UserError(f"invalid run arguments: {message}")
+
+
+def parse_run_args(argv: list[str]) -> argparse.Namespace:
+    """run's own parser on run's own flags (a sweep cell is exactly these arguments)."""
+    parser = _ArgumentParser(prog="aimv2-eval run")
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    from aimv2_eval.backbones import create_backbone
+    from aimv2_eval.launch.distributed import init_distributed, shutdown
+    from aimv2_eval.report.store import new_record, write_record
+
+    start = time.perf_counter()
+    cell = plan_cell(args)
+    task, plugin, spec, options, protocol = cell.task, cell.plugin, cell.spec, cell.options, cell.protocol
+    cell_backbone, phash, path = cell.backbone, cell.protocol_hash, cell.path
     if path.exists() and not args.overwrite:
         print(f"skip {cell_backbone} x {task.name}: {path} exists (--overwrite to rerun)")
         return 0
