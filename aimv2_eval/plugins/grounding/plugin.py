@@ -231,7 +231,9 @@ class _GroundingRun:
         self.backbone, self.task, self.p, self.opt, self.ctx = backbone, task, p, options, ctx
         self.train_sets, self.val_set = data
         torch.manual_seed(options.seed)  # the detector's initialisation
-        self.text_encoder = create_text_encoder(str(p["text_encoder"]), pretrained=True, trainable=True)
+        # text_lr_mult 0 freezes the text encoder (the embedded task's CPU-scale choice)
+        self.text_encoder = create_text_encoder(str(p["text_encoder"]), pretrained=True,
+                                                trainable=float(p["text_lr_mult"]) > 0)
         self.model = build_detector(backbone, self.text_encoder, p).to(ctx.device)
         self.throughput: dict[str, float] = {}
         pre = backbone.preprocess
@@ -243,9 +245,10 @@ class _GroundingRun:
     # ------------------------------------------------------------ training
     def _optimizer(self) -> torch.optim.Optimizer:
         p = self.p
-        groups = param_groups([ParamSet(self.model.backbone, lr_scale=float(p["backbone_lr_mult"])),
-                               ParamSet(self.model.text_encoder, lr_scale=float(p["text_lr_mult"])),
-                               ParamSet(self.model.heads())], float(p["weight_decay"]))
+        sets = [ParamSet(self.model.backbone, lr_scale=float(p["backbone_lr_mult"])), ParamSet(self.model.heads())]
+        if float(p["text_lr_mult"]) > 0:
+            sets.append(ParamSet(self.model.text_encoder, lr_scale=float(p["text_lr_mult"])))
+        groups = param_groups(sets, float(p["weight_decay"]))
         return build_optimizer(groups, lr=float(p["lr"]), betas=p["betas"])
 
     def _train(self, key: str) -> dict[str, Any]:
@@ -272,6 +275,8 @@ class _GroundingRun:
         trainable = [q for q in self.model.parameters() if q.requires_grad]
         start, images_seen = time.perf_counter(), 0
         self.model.train()
+        if float(p["text_lr_mult"]) == 0:  # frozen: no dropout either
+            self.model.text_encoder.eval()
         for epoch in range(start_epoch, p["epochs"]):
             samples.epoch = epoch
             order = positions[epoch_permutation(len(positions), self.opt.seed, epoch)]
