@@ -160,7 +160,7 @@ def _run_pinned(ref: references.Reference, records: Path) -> None:
 
 # cells that train a detector or an LM take minutes each: their reruns are `-m slow` (the default suite keeps the
 # probe's; the detector and LLaVA code paths have their own fast tests)
-SLOW_PLUGINS = {"vitdet", "llava"}
+SLOW_PLUGINS = {"vitdet", "grounding", "llava"}
 
 
 def _param(ref: references.Reference | None):

@@ -97,13 +97,18 @@ def encode(encoder: torch.nn.Module, tokens: Tokens) -> torch.Tensor:
     """Per-token features (B, L, D) of a BERT-like encoder under the sub-sentence mask. The mask goes in as a 4-D
     additive float mask with explicit position ids: transformers 5 takes that form as given (a 3-D boolean mask is
     what trips its masking utilities in mmdet's BERT wrapper)."""
-    model = encoder.model
+    return bert_features(encoder.model, tokens.input_ids, tokens.token_type_ids,
+                         tokens.self_attention & tokens.mask[:, None, :], tokens.position_ids)
+
+
+def bert_features(model: torch.nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                  allowed: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """A transformers BERT's last hidden state with a (B, L, L) boolean attention mask (True = may attend)."""
     dtype = next(model.parameters()).dtype
-    allowed = tokens.self_attention & tokens.mask[:, None, :]
     additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     additive = additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    out = model(input_ids=tokens.input_ids, attention_mask=additive, token_type_ids=tokens.token_type_ids,
-                position_ids=tokens.position_ids)
+    out = model(input_ids=input_ids, attention_mask=additive, token_type_ids=token_type_ids,
+                position_ids=position_ids)
     return out.last_hidden_state
 
 
