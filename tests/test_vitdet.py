@@ -28,8 +28,9 @@ from aimv2_eval.engine import Checkpointer, ParamSet, build_optimizer, param_gro
 from aimv2_eval.errors import UserError
 from aimv2_eval.metrics.coco import coco_evaluate, to_coco_results
 from aimv2_eval.plugins import RunOptions
+from aimv2_eval.dense import mmdet_glue
 from aimv2_eval.plugins.vitdet import mmdet_engine
-from aimv2_eval.plugins.vitdet.model import PYRAMID_STRIDES, LayerNorm2d, SimpleFPN, ViTDetBackbone
+from aimv2_eval.dense.vitdet import PYRAMID_STRIDES, LayerNorm2d, SimpleFPN, ViTDetBackbone
 from aimv2_eval.plugins.vitdet.plugin import VitdetPlugin, build_detector
 from aimv2_eval.tasks import load_task
 
@@ -221,12 +222,12 @@ def test_param_groups_cover_every_trainable_parameter_once(engine, feature_norm)
 def test_mmdet_registry_builds_our_modules_by_name():
     from mmdet.registry import MODELS
 
-    mmdet_engine.register()
-    mmdet_engine.register()  # idempotent
+    mmdet_glue.register()
+    mmdet_glue.register()  # idempotent
     for name in ("AIMv2EvalViTDet", "AIMv2EvalSimpleFPN", "AIMv2EvalLN2d"):
         assert MODELS.get(name) is not None, name
     body = MODELS.build(dict(type="AIMv2EvalViTDet", name=TINY, window=4))
-    assert isinstance(body, mmdet_engine.AIMv2EvalViTDet)
+    assert isinstance(body, mmdet_glue.AIMv2EvalViTDet)
     assert body.body.vit.window.size == 4 and all(q.requires_grad for q in body.parameters())
     with torch.no_grad():
         out = body(torch.randn(1, 3, 128, 128))
@@ -385,12 +386,13 @@ def test_a_cnn_is_refused_with_one_line(tmp_path, capsys):
 
 def test_mmdet_engine_missing_points_to_the_install_script(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mmdet_engine, "available", lambda: False)
+    monkeypatch.setattr(mmdet_glue, "available", lambda: False)
     assert _protocol("auto")["engine"] == "torchvision"  # auto falls back to the built-in engine
     backbone = create_backbone(TINY, pretrained=False, trainable=True)
     with pytest.raises(UserError, match="scripts/install_detection.sh"):
         build_detector(backbone, 6, _protocol("mmdet"))
     with pytest.raises(UserError, match="scripts/install_detection.sh"):
-        mmdet_engine.register()
+        mmdet_glue.register()
     # through the run command: one line, exit 2, no record
     rc = cli(_run(_task_file(tmp_path, "mmdet"), tmp_path / "records", "--epochs", "1"))
     assert rc == 2

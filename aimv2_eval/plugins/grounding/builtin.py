@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torchvision.ops import box_convert
 
+from aimv2_eval.dense.vitdet import SimpleFPN, ViTDetBackbone
 from aimv2_eval.plugins.grounding import text
 from aimv2_eval.plugins.grounding.dino import DinoConfig, GroundingDINOHead
 from aimv2_eval.plugins.grounding.loss import grounding_loss, predict_phrases
-from aimv2_eval.plugins.vitdet.model import SimpleFPN, ViTDetBackbone
 
 LEVEL_STRIDES = (8, 16, 32)  # + the max-pooled 64
 

@@ -39,12 +39,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from aimv2_eval.dense import mmdet_glue
+from aimv2_eval.dense.vitdet import SimpleFPN
 from aimv2_eval.errors import UserError
 from aimv2_eval.plugins.grounding import text
-from aimv2_eval.plugins.vitdet import mmdet_engine as vitdet_engine
-from aimv2_eval.plugins.vitdet.model import SimpleFPN
 
-INSTALL = vitdet_engine.INSTALL
+INSTALL = mmdet_glue.INSTALL
 CONFIG = "mm_grounding_dino/grounding_dino_swin-t_pretrain_obj365.py"
 TRANSFORMER_WIDTH = 256  # the width mmdet's text-position and reference-box sine encodings assume
 LEVEL_STRIDES = (8, 16, 32)  # SimpleFPN levels the detector reads, + the max-pooled stride 64
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {"window": 16, "global_blocks": None, "feature_norm":
 
 
 def available() -> bool:
-    return vitdet_engine.available()
+    return mmdet_glue.available()
 
 
 @contextlib.contextmanager
@@ -208,7 +208,7 @@ def detector_class() -> type:
 
 def register() -> None:
     """Put our modules (and the ViTDet backbone) into mmdet's registry (idempotent)."""
-    vitdet_engine.register()
+    mmdet_glue.register()
     from mmdet.registry import MODELS
 
     for name, cls in (("AIMv2EvalLanguageModel", AIMv2EvalLanguageModel),
@@ -325,7 +325,7 @@ class MMDetGroundingDINO(nn.Module):
 
         register_all_modules(init_default_scope=True)
         # ConfigDict for mmdet's attribute access; it keeps the backbone and the text encoder by reference
-        with vitdet_engine._quiet_mmengine():
+        with mmdet_glue.quiet_mmengine():
             self.detector = MODELS.build(ConfigDict(build_config(backbone, text_encoder, cfg)))
             # mmdet's own initialisation of the transformer and heads; our backbone and language model make it a
             # no-op on themselves (their init_weights), so pretrained weights stay

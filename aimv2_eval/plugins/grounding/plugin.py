@@ -32,33 +32,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from aimv2_eval.backbones import evenly_spaced_global_blocks
 from aimv2_eval.config import cache_home
 from aimv2_eval.data.detection import DetectionSample
 from aimv2_eval.data.detection_transforms import LargeScaleJitter, ResizePad, unmap_predictions
 from aimv2_eval.data.grounding import GroundingSet, open_grounding_split
+from aimv2_eval.dense import finetune
+from aimv2_eval.dense.vitdet import VITDET_STRIDE
 from aimv2_eval.engine import (
     Checkpointer,
     ParamSet,
     Progress,
     Schedule,
     autocast,
-    batch_slices,
     build_optimizer,
-    check_finite,
-    clip_grad,
-    epoch_permutation,
     param_groups,
-    wrap_ddp,
 )
 from aimv2_eval.errors import UserError
 from aimv2_eval.io import torch_save_atomic
-from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, gather_objects, shard
+from aimv2_eval.launch.distributed import DistContext, gather_objects, shard
 from aimv2_eval.metrics import grounding as gm
-from aimv2_eval.metrics.coco import to_coco_results, write_predictions
+from aimv2_eval.metrics.coco import to_coco_results
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
 from aimv2_eval.plugins.grounding import mmdet_engine, text
-from aimv2_eval.plugins.vitdet.model import VITDET_STRIDE
 
 ENGINES = ("auto", "mmdet", "builtin")
 REQUIRED = ("engine", "image_size", "window", "global_blocks", "drop_path_rate", "text_encoder", "max_text_len",
@@ -86,32 +81,14 @@ class GroundingPlugin(Plugin):
     summary = "MM-Grounding-DINO on a fine-tuned registry ViT (ViTDet form); OVD AP and REC P@1 (mmdet or built-in)"
 
     def resolve(self, task: Any, options: RunOptions, backbone: Any) -> dict[str, Any]:
-        p = {**DEFAULTS, **json.loads(json.dumps(task.protocol))}
-        missing = [k for k in REQUIRED if k not in p]
-        if missing:
-            raise UserError(f"task {task.name}: protocol is missing {', '.join(missing)} (see tasks/_grounding.yaml)")
-        if not backbone.is_vit:
-            raise UserError(f"{backbone.name} is a {backbone.family} network, not a ViT: grounding needs a ViT backbone")
-        if p["engine"] not in ENGINES:
-            raise UserError(f"task {task.name}: protocol.engine must be one of {', '.join(ENGINES)}, got {p['engine']!r}")
-        if p["engine"] == "auto":  # resolved here, so that the cell id says which engine ran
-            p["engine"] = "mmdet" if mmdet_engine.available() else "builtin"
-        for key, value in (("epochs", options.epochs), ("batch_size", options.batch_size), ("limit", options.limit)):
-            if value is not None:
-                p[key] = value
-        p["image_size"], p["epochs"], p["batch_size"] = int(p["image_size"]), int(p["epochs"]), int(p["batch_size"])
-        if p["image_size"] % (4 * VITDET_STRIDE):  # the stride-64 level must tile the image
-            raise UserError(f"protocol.image_size must be a multiple of {4 * VITDET_STRIDE}, got {p['image_size']}")
+        # image_size: a multiple of 64, so that the stride-64 level tiles the image
+        p = finetune.resolve_protocol(task, options, backbone, DEFAULTS, REQUIRED, ENGINES, "builtin",
+                                      "tasks/_grounding.yaml", "grounding", size_multiple=4 * VITDET_STRIDE)
         if not isinstance(p["train_data"], list) or not p["train_data"]:
             raise UserError(f"task {task.name}: protocol.train_data must be a non-empty list of data blocks")
         lo, hi = (float(v) for v in p["train_scale"])
         if not 0 < lo <= hi <= 1:
             raise UserError(f"protocol.train_scale must satisfy 0 < low <= high <= 1 (no crops), got {p['train_scale']}")
-        if p["global_blocks"] == "evenly_spaced":
-            p["global_blocks"] = list(evenly_spaced_global_blocks(backbone.depth))
-        p["token_grid"] = p["image_size"] // VITDET_STRIDE
-        p["backbone_input_size"] = p["token_grid"] * backbone.patch_size
-        p["precision"] = options.precision
         return p
 
     def backbone_options(self, protocol: dict[str, Any]) -> dict[str, Any]:
@@ -260,53 +237,27 @@ class _GroundingRun:
             positions = positions[: int(p["limit"])]
         if not len(positions):
             raise UserError(f"task {self.task.name}: the training mixture is empty")
-        bs = p["batch_size"]
-        steps_per_epoch = len(batch_slices(positions, bs))
-        total = p["epochs"] * steps_per_epoch
+        per_epoch = finetune.steps_per_epoch(positions, p["batch_size"])
+        total = p["epochs"] * per_epoch
         optim = self._optimizer()
-        milestones = [int(m) * steps_per_epoch for m in p["milestones"]]  # epochs, as MM-G-DINO's MultiStepLR
+        milestones = [int(m) * per_epoch for m in p["milestones"]]  # epochs, as MM-G-DINO's MultiStepLR
         schedule = Schedule(optim, total, min(int(p["warmup_iters"]), max(0, total - 1)), milestones=milestones,
                             gamma=float(p["gamma"]))
-        checkpointer = Checkpointer(self.opt.checkpoint, fingerprint={"training_key": key})
-        start_epoch, history = checkpointer.resume(self.model, optim, self.opt.resume)
-        model = wrap_ddp(self.model, self.ctx.device) if self.ctx.distributed else self.model
-        bar = Progress(total - start_epoch * steps_per_epoch, f"{self.task.name}: training",
-                       enabled=self.opt.progress and self.ctx.is_main)
-        trainable = [q for q in self.model.parameters() if q.requires_grad]
-        start, images_seen = time.perf_counter(), 0
         self.model.train()
         if float(p["text_lr_mult"]) == 0:  # frozen: no dropout either
             self.model.text_encoder.eval()
-        for epoch in range(start_epoch, p["epochs"]):
-            samples.epoch = epoch
-            order = positions[epoch_permutation(len(positions), self.opt.seed, epoch)]
-            batches = [shard(b, self.ctx) for b in batch_slices(order, bs)]
-            loader = torch.utils.data.DataLoader(samples, batch_sampler=batches, num_workers=self.opt.workers,
-                                                 collate_fn=_collate)
-            losses = []
-            for i, (images, captions, targets) in enumerate(loader):
-                step = epoch * steps_per_epoch + i
-                schedule.set(step)
-                targets = [{"boxes": t["boxes"].to(self.ctx.device), "spans": t["spans"]} for t in targets]
-                with autocast(self.ctx.device, p["precision"]):
-                    parts = model(images.to(self.ctx.device), captions, targets)
-                loss = sum(parts.values())
-                check_finite(loss, step, "lower protocol.lr or raise protocol.warmup_iters")
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_grad(trainable, p["grad_clip"])
-                optim.step()
-                losses.append(float(loss.detach()))
-                images_seen += len(images) * self.ctx.world_size
-                bar.update(1, loss=f"{losses[-1]:.3f}")
-            mean = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
-            all_reduce_sum(mean, self.ctx)
-            history.append(round(float(mean[0] / max(1.0, float(mean[1]))), 5))
-            if self.ctx.is_main:
-                checkpointer.save_epoch(self.model, optim, epoch + 1, history)
-        bar.close()
-        return {"train_loss_per_epoch": history, "samples": len(positions),
-                "train_images_per_s": round(images_seen / max(time.perf_counter() - start, 1e-9), 3)}
+
+        def step_loss(model: torch.nn.Module, batch: Any) -> tuple[dict[str, torch.Tensor], int]:
+            images, captions, targets = batch
+            targets = [{"boxes": t["boxes"].to(self.ctx.device), "spans": t["spans"]} for t in targets]
+            return model(images.to(self.ctx.device), captions, targets), len(images)
+
+        history, images_per_s = finetune.train_epochs(
+            self.model, optim, schedule, samples, positions, epochs=p["epochs"], batch_size=p["batch_size"],
+            collate=_collate, step_loss=step_loss,
+            checkpointer=Checkpointer(self.opt.checkpoint, fingerprint={"training_key": key}), options=self.opt,
+            ctx=self.ctx, precision=p["precision"], grad_clip=p["grad_clip"], desc=f"{self.task.name}: training")
+        return {"train_loss_per_epoch": history, "samples": len(positions), "train_images_per_s": images_per_s}
 
     def _train_or_load(self) -> tuple[dict[str, Any], str]:
         key = training_key(self.backbone, self.text_encoder, self.p, self.opt.seed)
@@ -422,14 +373,8 @@ class _GroundingRun:
         self.model.eval()
         rec = self.val_set.kind == "rec"
         metrics, baselines, predictions = self._rec() if rec else self._ovd()
-        artifacts = {}
-        if self.ctx.is_main and self.opt.output_dir is not None:
-            write_predictions(self.opt.output_dir / "predictions.json", predictions)
-            artifacts["predictions"] = "predictions.json"
+        artifacts = finetune.publish(self.task, metrics, predictions, self.opt, self.ctx)
         main = self.task.metric["main"]
-        if main not in metrics:
-            raise UserError(f"task {self.task.name}: metric.main {main!r} is not produced; choose one of "
-                            f"{', '.join(sorted(metrics))}")
         details = {
             "engine": self.p["engine"],
             "training": summary,

@@ -1,90 +1,26 @@
-"""The paper's detection toolbox: mmdetection's Mask R-CNN with our ViTDet backbone and SimpleFPN registered in
-mmdet's registry (as mmdet's ViTDet project registers its own), built from mmdet's own config pieces.
+"""The paper's detection toolbox: mmdetection's Mask R-CNN with our ViTDet backbone and SimpleFPN (registered by
+`aimv2_eval.dense.mmdet_glue`), built from mmdet's own config pieces.
 
 The detector is mmdet's `mask-rcnn_r50_fpn.py` base config (shipped inside the mmdet wheel) changed the way mmdet's
 ViTDet project changes it: a 2-conv RPN, `Shared4Conv1FCBBoxHead` and the FCN mask head with LayerNorm, our
 backbone and neck in place of ResNet + FPN. Installed with `bash scripts/install_detection.sh`.
-
-Registered names, usable from any mmdet config once this module is imported:
-  `AIMv2EvalViTDet`    backbone: any aimv2-eval registry ViT in ViTDet form (by `name`, or a built `backbone`)
-  `AIMv2EvalSimpleFPN` neck: SimpleFPN, strides 4-64
-  `AIMv2EvalLN2d`      norm: LayerNorm over channels
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
+from aimv2_eval.dense.mmdet_glue import INSTALL, available, quiet_mmengine, register
+from aimv2_eval.dense.vitdet import PYRAMID_STRIDES
 from aimv2_eval.errors import UserError
-from aimv2_eval.logs import quiet
-from aimv2_eval.plugins.vitdet.model import PYRAMID_STRIDES, LayerNorm2d, SimpleFPN, ViTDetBackbone
 
-INSTALL = "bash scripts/install_detection.sh"
+__all__ = ["MMDetMaskRCNN", "available", "build_config"]
+
 BASE_CONFIG = "_base_/models/mask-rcnn_r50_fpn.py"
-
-
-def available() -> bool:
-    try:
-        import mmcv.ops  # noqa: F401  (the compiled RoIAlign / NMS ops)
-        import mmdet  # noqa: F401
-    except Exception:  # absent, or a build that does not load against this torch
-        return False
-    return True
-
-
-def _require() -> None:
-    if not available():
-        raise UserError(f"the mmdet engine is not installed (mmdet 3.3.0 + mmcv 2.1.0 with ops); run `{INSTALL}` "
-                        "or choose engine: torchvision")
-
-
-class AIMv2EvalViTDet(nn.Module):
-    """mmdet backbone: images -> (the last block's stride-16 map,)."""
-
-    def __init__(self, backbone: nn.Module | None = None, name: str | None = None, pretrained: bool = True,
-                 weights: str | None = None, window: int | None = 16, global_blocks: list[int] | None = None,
-                 drop_path_rate: float = 0.0, feature_norm: bool = True, grad_checkpointing: bool = False) -> None:
-        super().__init__()
-        if backbone is None:
-            if name is None:
-                raise UserError("AIMv2EvalViTDet needs `name` (an aimv2-eval backbone) or a built `backbone`")
-            from aimv2_eval.backbones import create_backbone
-
-            backbone = create_backbone(name, pretrained=pretrained, weights=weights, trainable=True,
-                                       drop_path_rate=drop_path_rate, grad_checkpointing=grad_checkpointing)
-        self.body = ViTDetBackbone(backbone, window, global_blocks, feature_norm)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.body(images),)
-
-    def init_weights(self) -> None:
-        """Pretrained weights come from the registry; mmdet's initialisation must not touch them."""
-
-
-class AIMv2EvalSimpleFPN(SimpleFPN):
-    def __init__(self, in_channels: int, out_channels: int = 256) -> None:
-        super().__init__(in_channels, out_channels)
-
-    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        # contiguous: LayerNorm2d leaves channels-last strides, and mmcv 2.1's CPU RoIAlign reads the memory as
-        # NCHW without checking them (it returned wrong RoI features, and the RoI heads learned only the prior)
-        return tuple(t.contiguous() for t in super().forward(inputs[0]))
-
-
-def register() -> None:
-    """Put our modules into mmdet's registry (idempotent)."""
-    _require()
-    from mmdet.registry import MODELS
-
-    for name, cls in (("AIMv2EvalViTDet", AIMv2EvalViTDet), ("AIMv2EvalSimpleFPN", AIMv2EvalSimpleFPN),
-                      ("AIMv2EvalLN2d", LayerNorm2d)):
-        MODELS.register_module(name=name, module=cls, force=True)
 
 
 def build_config(backbone: nn.Module, num_classes: int, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -125,12 +61,6 @@ def build_config(backbone: nn.Module, num_classes: int, cfg: dict[str, Any]) -> 
     return model
 
 
-def _quiet_mmengine() -> contextlib.AbstractContextManager:
-    from mmengine.logging import MMLogger
-
-    return quiet(MMLogger.get_current_instance(), logging.WARNING)
-
-
 class MMDetMaskRCNN(nn.Module):
     """mmdet's detector behind the same interface as the torchvision engine."""
 
@@ -149,7 +79,7 @@ class MMDetMaskRCNN(nn.Module):
         self.detector = MODELS.build(ConfigDict(build_config(backbone, num_classes, cfg)))
         # mmdet's initialisation of its heads (the neck is ours, initialised at construction); never the
         # detector's own init_weights, which would reach the pretrained backbone
-        with _quiet_mmengine():  # mmengine logs one INFO paragraph per initialised tensor
+        with quiet_mmengine():  # mmengine logs one INFO paragraph per initialised tensor
             for part in (self.detector.rpn_head, self.detector.roi_head):
                 part.init_weights()
         self.image_size = image_size

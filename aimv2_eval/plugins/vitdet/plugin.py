@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from aimv2_eval.backbones import evenly_spaced_global_blocks
 from aimv2_eval.data.detection import DetectionSet, open_detection_split
 from aimv2_eval.data.detection_transforms import (
     LargeScaleJitter,
@@ -25,26 +24,22 @@ from aimv2_eval.data.detection_transforms import (
     collate_detection,
     unmap_predictions,
 )
+from aimv2_eval.dense import finetune
+from aimv2_eval.dense.vitdet import VITDET_STRIDE, ViTDetBackbone, ViTDetFeatures
 from aimv2_eval.engine import (
     Checkpointer,
     ParamSet,
     Progress,
     Schedule,
     autocast,
-    batch_slices,
     build_optimizer,
-    check_finite,
-    clip_grad,
-    epoch_permutation,
     param_groups,
-    wrap_ddp,
 )
 from aimv2_eval.errors import UserError
-from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, gather_objects, shard
-from aimv2_eval.metrics.coco import coco_evaluate, largest_box_baseline, to_coco_results, write_predictions
+from aimv2_eval.launch.distributed import DistContext, gather_objects, shard
+from aimv2_eval.metrics.coco import coco_evaluate, largest_box_baseline, to_coco_results
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
 from aimv2_eval.plugins.vitdet import mmdet_engine
-from aimv2_eval.plugins.vitdet.model import VITDET_STRIDE, ViTDetBackbone, ViTDetFeatures
 
 ENGINES = ("auto", "mmdet", "torchvision")
 REQUIRED = ("engine", "image_size", "window", "global_blocks", "drop_path_rate", "lr", "betas", "weight_decay",
@@ -70,29 +65,8 @@ class VitdetPlugin(Plugin):
     summary = "ViTDet Mask R-CNN on a fine-tuned registry ViT; COCO box and mask AP (mmdet or torchvision engine)"
 
     def resolve(self, task: Any, options: RunOptions, backbone: Any) -> dict[str, Any]:
-        p = {**DEFAULTS, **json.loads(json.dumps(task.protocol))}
-        missing = [k for k in REQUIRED if k not in p]
-        if missing:
-            raise UserError(f"task {task.name}: protocol is missing {', '.join(missing)} (see tasks/coco_vitdet.yaml)")
-        if not backbone.is_vit:
-            raise UserError(f"{backbone.name} is a {backbone.family} network, not a ViT: ViTDet needs a ViT backbone")
-        if p["engine"] not in ENGINES:
-            raise UserError(f"task {task.name}: protocol.engine must be one of {', '.join(ENGINES)}, got {p['engine']!r}")
-        if p["engine"] == "auto":  # resolved here, so that the cell id says which engine ran
-            p["engine"] = "mmdet" if mmdet_engine.available() else "torchvision"
-        for key, value in (("epochs", options.epochs), ("batch_size", options.batch_size), ("limit", options.limit)):
-            if value is not None:
-                p[key] = value
-        p["image_size"], p["epochs"], p["batch_size"] = int(p["image_size"]), int(p["epochs"]), int(p["batch_size"])
-        if p["image_size"] % VITDET_STRIDE or p["image_size"] < 4 * VITDET_STRIDE:
-            raise UserError(f"protocol.image_size must be a multiple of {VITDET_STRIDE} and >= 64, got {p['image_size']}")
-        if p["global_blocks"] == "evenly_spaced":
-            p["global_blocks"] = list(evenly_spaced_global_blocks(backbone.depth))
-        # the patch rule (model.py): every family sees a token grid of image / 16
-        p["token_grid"] = p["image_size"] // VITDET_STRIDE
-        p["backbone_input_size"] = p["token_grid"] * backbone.patch_size
-        p["precision"] = options.precision
-        return p
+        return finetune.resolve_protocol(task, options, backbone, DEFAULTS, REQUIRED, ENGINES, "torchvision",
+                                         "tasks/coco_vitdet.yaml", "ViTDet")
 
     def backbone_options(self, protocol: dict[str, Any]) -> dict[str, Any]:
         return {"trainable": True, "drop_path_rate": float(protocol["drop_path_rate"]),
@@ -152,46 +126,21 @@ class _VitdetRun:
             positions = positions[: int(p["limit"])]
         if len(positions) == 0:
             raise UserError(f"task {self.task.name}: no training image has an object; check the annotations")
-        bs = p["batch_size"]
-        steps_per_epoch = len(batch_slices(positions, bs))
-        total = p["epochs"] * steps_per_epoch
+        total = p["epochs"] * finetune.steps_per_epoch(positions, p["batch_size"])
         optim = self._optimizer()
         schedule = Schedule(optim, total, min(int(p["warmup_iters"]), max(0, total - 1)), float(p["min_lr"]))
-        checkpointer = Checkpointer(self.opt.checkpoint, fingerprint=json.loads(json.dumps(p)))
-        start_epoch, self.history = checkpointer.resume(self.model, optim, self.opt.resume)
-        model = wrap_ddp(self.model, self.device) if self.ctx.distributed else self.model
-        samples = TransformedDetection(self.train_set, self.train_tf)  # positions index the whole set
-        bar = Progress(total - start_epoch * steps_per_epoch, f"{self.task.name}: training",
-                       enabled=self.opt.progress and self.ctx.is_main)
-        trainable = [q for q in self.model.parameters() if q.requires_grad]
-        start, images_seen = time.perf_counter(), 0
-        for epoch in range(start_epoch, p["epochs"]):
-            samples.epoch = epoch
-            order = positions[epoch_permutation(len(positions), self.opt.seed, epoch)]
-            batches = [shard(b, self.ctx) for b in batch_slices(order, bs)]
-            losses = []
-            for i, (images, targets, _) in enumerate(self._loader(samples, batches)):
-                step = epoch * steps_per_epoch + i
-                schedule.set(step)
-                targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
-                with autocast(self.device, p["precision"]):
-                    parts = model(images.to(self.device), targets)
-                loss = sum(parts.values())
-                check_finite(loss, step, "lower protocol.lr or raise protocol.warmup_iters")
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_grad(trainable, p["grad_clip"])
-                optim.step()
-                losses.append(float(loss.detach()))
-                images_seen += len(images) * self.ctx.world_size
-                bar.update(1, loss=f"{losses[-1]:.3f}")
-            mean = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
-            all_reduce_sum(mean, self.ctx)
-            self.history.append(round(float(mean[0] / max(1.0, float(mean[1]))), 5))
-            if self.ctx.is_main:
-                checkpointer.save_epoch(self.model, optim, epoch + 1, self.history)
-        bar.close()
-        self.throughput["train_images_per_s"] = round(images_seen / max(time.perf_counter() - start, 1e-9), 3)
+
+        def step_loss(model: torch.nn.Module, batch: Any) -> tuple[dict[str, torch.Tensor], int]:
+            images, targets, _ = batch
+            targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+            return model(images.to(self.device), targets), len(images)
+
+        self.history, self.throughput["train_images_per_s"] = finetune.train_epochs(
+            self.model, optim, schedule, TransformedDetection(self.train_set, self.train_tf), positions,
+            epochs=p["epochs"], batch_size=p["batch_size"], collate=collate_detection, step_loss=step_loss,
+            checkpointer=Checkpointer(self.opt.checkpoint, fingerprint=json.loads(json.dumps(p))),
+            options=self.opt, ctx=self.ctx, precision=p["precision"], grad_clip=p["grad_clip"],
+            desc=f"{self.task.name}: training")
 
     # ------------------------------------------------------------ evaluation
     def _predict(self) -> list[dict]:
@@ -221,14 +170,8 @@ class _VitdetRun:
         results = self._predict()
         metrics = coco_evaluate(self.val_set.coco, results)
         baseline = coco_evaluate(self.val_set.coco, largest_box_baseline(self.val_set, train=self.train_set))
-        artifacts = {}
-        if self.ctx.is_main and self.opt.output_dir is not None:
-            write_predictions(self.opt.output_dir / "predictions.json", results)
-            artifacts["predictions"] = "predictions.json"
+        artifacts = finetune.publish(self.task, metrics, results, self.opt, self.ctx)
         main = self.task.metric["main"]
-        if main not in metrics:
-            raise UserError(f"task {self.task.name}: metric.main {main!r} is not produced; choose one of "
-                            f"{', '.join(sorted(metrics))}")
         details = {
             "engine": self.p["engine"],
             "train_loss_per_epoch": self.history,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aimv2_eval.plugins.vitdet.model import LayerNorm2d, ViTDetFeatures
+from aimv2_eval.dense.vitdet import LayerNorm2d, ViTDetFeatures
 
 
 class TorchvisionMaskRCNN(nn.Module):

@@ -1,6 +1,7 @@
 """The ViTDet form of any registry ViT (Li et al. 2022; paper Appendix D.2, Table D3) and its SimpleFPN.
 
-Engine-agnostic torch modules; `torchvision_engine.py` and `mmdet_engine.py` put them into a Mask R-CNN.
+Engine-agnostic torch modules: the vitdet plugin's engines put them into a Mask R-CNN, the grounding plugin's into
+Grounding DINO.
 
 Choices recorded in every protocol (the paper is silent on them; ViTDet's are followed where it has one):
 - **Token grid = image / 16 for every family.** ViTDet's pyramid strides (4, 8, 16, 32, 64) assume patch 16. A
