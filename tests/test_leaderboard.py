@@ -1,8 +1,10 @@
-"""Leaderboard from synthetic records: several seeds, missing cells, two protocols, paper values and deltas."""
+"""Leaderboard from synthetic records: several seeds, missing cells, two protocols, paper values and deltas; and
+the README's main command beside a run of another protocol: two rows, never one number."""
 
 from __future__ import annotations
 
 import csv
+import shlex
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,10 @@ L224 = "aimv2-large-patch14-224"
 
 
 def _write(root: Path, backbone: str, task: str, seed: int, metrics: dict, phash: str = "p1", res: int = 224,
-           created: str = "2026-01-01T00:00:00+00:00", main: str = "top1") -> None:
-    rec = store.new_record(backbone, task, phash, seed, metrics=metrics, main_metric=main)
+           created: str = "2026-01-01T00:00:00+00:00", main: str = "top1", overrides: dict | None = None) -> None:
+    rec = store.new_record(backbone, task, phash, seed, metrics=metrics, main_metric=main, overrides=overrides or {})
     rec["backbone"] = {"name": backbone, "family": "x", "weights_id": "w", "resolution": res, "params": 1}
+    rec["task_config"] = {"protocol": {}, "resolved_protocol": {"epochs": 3 if overrides else 30, "precision": "fp32"}}
     rec["created"] = created
     store.write_record(root, rec)
 
@@ -31,8 +34,8 @@ def records(tmp_path: Path) -> Path:
     # DINOv2 measured on CIFAR-10 only: its ImageNet cell is missing although the paper has one (87.2)
     for seed, v in enumerate([98.0, 99.0]):
         _write(root, "dinov2-vit-g-14", "cifar10_probe", seed, {"top1": v})
-    # a backbone the paper never saw, with an old and a new protocol: only the newest is shown
-    _write(root, "aimv2-tiny", "digits_probe", 0, {"top1": 50.0}, phash="old", res=112)
+    # a backbone the paper never saw, under two protocols: one row each
+    _write(root, "aimv2-tiny", "digits_probe", 0, {"top1": 50.0}, phash="old", res=112, overrides={"epochs": 3})
     _write(root, "aimv2-tiny", "digits_probe", 0, {"top1": 90.0}, phash="new", res=112,
            created="2026-02-01T00:00:00+00:00")
     _write(root, "aimv2-tiny", "digits_probe", 1, {"top1": 92.0, "note": "text", "nan": float("nan")}, phash="new",
@@ -45,9 +48,10 @@ def _index() -> references.Index:
     return references.Index(references.load([PAPER_DIR]))
 
 
-def _csv(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+def _csv(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
+    """Rows by (backbone, task, protocol)."""
     with path.open(newline="") as f:
-        return {(r["backbone"], r["resolution"]): r for r in csv.DictReader(f)}
+        return {(r["backbone"], r["task"], r["protocol"]): r for r in csv.DictReader(f)}
 
 
 def test_measure_groups_seeds_and_skips_non_numbers(records):
@@ -63,41 +67,48 @@ def test_measure_groups_seeds_and_skips_non_numbers(records):
 def test_csv_mean_spread_paper_and_delta(records, tmp_path):
     board = leaderboard.build(store.load_records(records), _index())
     rows = _csv(leaderboard.write_csv(board, tmp_path / "lb.csv"))
-    assert set(rows) == {(L224, "224"), ("dinov2-vit-g-14", "224"), ("aimv2-tiny", "112")}
-    row = rows[(L224, "224")]
-    assert float(row["imagenet_probe/top1 mean"]) == pytest.approx(86.4)
-    assert float(row["imagenet_probe/top1 std"]) == pytest.approx(0.4)
-    assert row["imagenet_probe/top1 n"] == "3"
-    assert row["imagenet_probe/top1 paper"] == "86.6"  # Table 3
-    assert float(row["imagenet_probe/top1 delta"]) == pytest.approx(-0.2)
-    assert row["imagenet_probe/top5 paper"] == "" and row["imagenet_probe/top5 delta"] == ""  # no paper top-5
-    assert row["cifar10_probe/top1 std"] == "" and row["cifar10_probe/top1 n"] == "1"
+    assert set(rows) == {(L224, "imagenet_probe", "p1"), (L224, "cifar10_probe", "p1"),
+                         ("dinov2-vit-g-14", "cifar10_probe", "p1"), ("aimv2-tiny", "digits_probe", "old"),
+                         ("aimv2-tiny", "digits_probe", "new")}
+    row = rows[(L224, "imagenet_probe", "p1")]
+    assert row["resolution"] == "224" and row["main metric"] == "top1" and row["seeds"] == "3"
+    assert float(row["top1 mean"]) == pytest.approx(86.4)
+    assert float(row["top1 std"]) == pytest.approx(0.4)
+    assert row["top1 reference"] == "86.6"  # Table 3
+    assert float(row["top1 delta"]) == pytest.approx(-0.2)
+    assert row["top5 reference"] == "" and row["top5 delta"] == ""  # no paper top-5
+    cifar = rows[(L224, "cifar10_probe", "p1")]
+    assert cifar["top1 std"] == "" and cifar["seeds"] == "1" and cifar["top5 mean"] == ""
 
 
 def test_cells_never_measured_stay_empty(records, tmp_path):
     board = leaderboard.build(store.load_records(records), _index())
     rows = _csv(leaderboard.write_csv(board, tmp_path / "lb.csv"))
-    dino = rows[("dinov2-vit-g-14", "224")]
-    # the paper has DINOv2 ImageNet (87.2) but nobody measured it: every field of the cell is empty
-    assert all(dino[f"imagenet_probe/top1 {p}"] == "" for p in ("mean", "std", "n", "paper", "delta"))
-    assert dino["cifar10_probe/top1 paper"] == "99.7"  # Table 3, DINOv2 CIFAR-10
-    assert float(dino["cifar10_probe/top1 delta"]) == pytest.approx(-1.2)
-    # columns exist only for measured task metrics: no Food101 column at all
-    assert not any(k.startswith("food101_probe") for k in dino)
+    # the paper has DINOv2 ImageNet (87.2) but nobody measured it: no row, never filled from the paper
+    assert [k for k in rows if k[0] == "dinov2-vit-g-14"] == [("dinov2-vit-g-14", "cifar10_probe", "p1")]
+    dino = rows[("dinov2-vit-g-14", "cifar10_probe", "p1")]
+    assert dino["top1 reference"] == "99.7"  # Table 3, DINOv2 CIFAR-10
+    assert float(dino["top1 delta"]) == pytest.approx(-1.2)
+    assert dino["top5 mean"] == "" and dino["top5 reference"] == ""  # measured elsewhere, not in this row
 
 
-def test_latest_protocol_wins_and_is_noted(records, tmp_path):
+def test_two_protocols_are_two_rows_with_their_settings(records, tmp_path):
     board = leaderboard.build(store.load_records(records), _index())
-    tiny = _csv(leaderboard.write_csv(board, tmp_path / "lb.csv"))[("aimv2-tiny", "112")]
-    assert float(tiny["digits_probe/top1 mean"]) == pytest.approx(91.0)
-    assert tiny["digits_probe/top1 n"] == "2" and tiny["digits_probe/top1 paper"] == ""
-    assert any("old" in n and "digits_probe" in n for n in board.notes)
+    rows = _csv(leaderboard.write_csv(board, tmp_path / "lb.csv"))
+    new, old = rows[("aimv2-tiny", "digits_probe", "new")], rows[("aimv2-tiny", "digits_probe", "old")]
+    assert float(new["top1 mean"]) == pytest.approx(91.0) and new["seeds"] == "2" and new["top1 reference"] == ""
+    assert float(old["top1 mean"]) == pytest.approx(50.0) and old["seeds"] == "1"
+    assert (new["epochs"], new["precision"], new["overrides"]) == ("30", "fp32", "")
+    assert (old["epochs"], old["overrides"]) == ("3", "--epochs 3")
+    tiny = [r.protocol_hash for r in board.rows if r.backbone == "aimv2-tiny"]
+    assert tiny == ["new", "old"]  # the task's default protocol first
 
 
 def test_markdown_and_paper_layouts(records, tmp_path):
     board = leaderboard.build(store.load_records(records), _index())
     md = leaderboard.to_markdown(board)
     assert "86.40 ± 0.40 [3] (paper 86.6, Δ -0.20)" in md
+    assert "| aimv2-tiny | 112 | digits_probe | old | 3 | fp32 | --epochs 3 | 1 | top1 |" in md
     lay = leaderboard.layout(board, "table3")
     assert [c[2] for c in lay.columns][:3] == ["IN-1k", "iNAT-18", "CIFAR-10"]  # the paper's column order
     assert len(lay.columns) == 14
@@ -110,16 +121,70 @@ def test_markdown_and_paper_layouts(records, tmp_path):
     assert "(no measured cell" in leaderboard.layout_markdown(board, leaderboard.layout(board, "tableD3"))
 
 
-def test_command_writes_every_output(records, tmp_path, capsys):
+def test_command_writes_every_output(records, tmp_path):
     out = tmp_path / "board" / "lb.csv"
     assert cli(["leaderboard", "--records", str(records), "--out", str(out)]) == 0
     names = {p.name for p in out.parent.iterdir()}
     assert names == {"lb.csv", "lb.md", "lb.png", "lb_table3.csv", "lb_table4.csv", "lb_table7.csv", "lb_tableD3.csv"}
     assert (out.parent / "lb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Table 3 / B2" in (out.parent / "lb.md").read_text()
-    assert "protocol" in capsys.readouterr().out  # the left-out protocol is reported
+    rows = _csv(out)
+    assert ("aimv2-tiny", "digits_probe", "old") in rows and ("aimv2-tiny", "digits_probe", "new") in rows
 
 
 def test_missing_records_folder_is_a_user_error(tmp_path, capsys):
     assert cli(["leaderboard", "--records", str(tmp_path / "nope"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "no records folder" in capsys.readouterr().err
+
+
+REPO = PAPER_DIR.parents[1]
+EMBEDDED = REPO / "results" / "embedded" / "references.csv"
+
+
+def _readme_main_command() -> list[str]:
+    """The quick start's main command (its first code block's `aimv2-eval run ...`), as arguments of the CLI."""
+    quick_start = (REPO / "README.md").read_text().split("## Quick start", 1)[1]
+    block = quick_start.split("```bash\n", 1)[1].split("```", 1)[0]
+    (line,) = [ln for ln in block.splitlines() if "aimv2-eval run" in ln]
+    return shlex.split(line.split("&&")[-1])[1:]
+
+
+def test_readme_command_is_the_default_protocol_and_the_pinned_one():
+    from aimv2_eval.commands.run import parse_run_args, plan_cell
+
+    readme = plan_cell(parse_run_args(_readme_main_command()[1:]))
+    default = plan_cell(parse_run_args(["--backbone", readme.spec.name, "--task", readme.task.name]))
+    (pinned,) = [r for r in references.load([EMBEDDED]) if r.task == readme.task.name]
+    assert readme.protocol_hash == default.protocol_hash == pinned.extra["protocol_hash"]
+    assert readme.overrides == {}
+
+
+def test_readme_run_and_a_short_run_are_two_rows_and_regress_checks_only_its_protocol(tmp_path, capsys):
+    records = tmp_path / "records"
+    readme = [*_readme_main_command(), "--out", str(records), "--no-progress"]
+    assert cli(readme) == 0
+    assert cli([*readme, "--epochs", "1", "--limit", "100"]) == 0  # the same task, cut short: another protocol
+    out = tmp_path / "lb" / "lb.csv"
+    assert cli(["leaderboard", "--records", str(records), "--out", str(out), "--references", str(EMBEDDED)]) == 0
+    with out.open(newline="") as f:
+        rows = {r["overrides"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"", "--epochs 1 --limit 100"}
+    default, short = rows[""], rows["--epochs 1 --limit 100"]
+    assert (default["epochs"], default["limit"], default["feature_cache"]) == ("30", "300", "on")
+    assert (short["epochs"], short["limit"]) == ("1", "100") and short["protocol"] != default["protocol"]
+    assert default["top1 reference"] == "74.56" and short["top1 reference"] == ""  # the pin is the default's
+    capsys.readouterr()
+    assert cli(["regress", "--records", str(records), "--references", str(EMBEDDED)]) == 0
+    text = capsys.readouterr().out
+    assert "1 checked, 1 passed, 0 failed" in text
+    assert f"skipped 1 record(s): protocol differs from the pinned reference's ({default['protocol']})" in text
+
+
+def test_records_without_overrides_are_read_from_their_resolved_protocol():
+    from aimv2_eval.report import protocols
+
+    rec = {"task_config": {"protocol": {"epochs": 3, "limit": 300},
+                           "resolved_protocol": {"epochs": 30, "limit": 300, "feature_cache": True, "precision": "bf16"}}}
+    assert protocols.overrides(rec) == {"epochs": 30, "feature_cache": True}  # precision is never an override
+    assert protocols.describe_overrides(protocols.overrides(rec)) == "--epochs 30 --feature-cache"
+    assert protocols.settings(rec) == {"epochs": 30, "precision": "bf16", "feature_cache": True, "limit": 300}

@@ -292,8 +292,9 @@ def test_unseen_classes_beat_chance_and_reach_the_leaderboard(tmp_path):
     assert cli(["leaderboard", "--records", str(records), "--out", str(board)]) == 0
     with board.open(newline="") as f:
         row = next(r for r in csv.DictReader(f) if r["backbone"] == "aimv2-tiny")
-    assert float(row["scenes_zeroshot_unseen/top1_unseen mean"]) == pytest.approx(m["top1_unseen"], abs=1e-3)
-    assert row["scenes_zeroshot_unseen/top1_unseen n"] == "1"
+    assert row["task"] == "scenes_zeroshot_unseen" and row["protocol"] == rec["cell"]["protocol_hash"]
+    assert float(row["top1_unseen mean"]) == pytest.approx(m["top1_unseen"], abs=1e-3)
+    assert row["seeds"] == "1"
 
 
 def test_checkpoint_mode_through_the_run_command(tmp_path, hf_model, capsys):

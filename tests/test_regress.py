@@ -21,9 +21,10 @@ CHECK_SEED = 0  # the seed the pinned-reference tests rerun; scripts/pin_embedde
 
 
 def _write(root: Path, backbone: str, task: str, values: list[float], phash: str = "p1", metric: str = "top1",
-           res: int = 224) -> Path:
+           res: int = 224, overrides: dict | None = None) -> Path:
     for seed, v in enumerate(values):
-        rec = store.new_record(backbone, task, phash, seed, metrics={metric: v, "loss": 0.1}, main_metric=metric)
+        rec = store.new_record(backbone, task, phash, seed, metrics={metric: v, "loss": 0.1}, main_metric=metric,
+                               overrides=overrides or {})
         rec["backbone"] = {"name": backbone, "resolution": res}
         store.write_record(root, rec)
     return root
@@ -52,7 +53,7 @@ def test_just_inside_passes_just_outside_fails(tmp_path, capsys, sign):
 def test_seed_mean_is_compared(tmp_path):
     # one seed alone would fail (85.9), the mean of three (86.5) passes
     assert _regress(_write(tmp_path / "r", L224, "imagenet_probe", [85.9, 86.8, 86.8])) == 0
-    checks = regress.compare(store.load_records(tmp_path / "r"), references.Index(references.load([PAPER_DIR])))
+    checks = regress.compare(store.load_records(tmp_path / "r"), references.Index(references.load([PAPER_DIR]))).checks
     assert len(checks) == 1 and checks[0].cell.n == 3 and checks[0].delta == pytest.approx(-0.1)
 
 
@@ -101,6 +102,40 @@ def test_nothing_to_compare_is_an_error(tmp_path, capsys):
     root = _write(tmp_path / "r", "my-encoder", "imagenet_probe", [80.0])
     assert _regress(root) == 2
     assert "nothing was checked" in capsys.readouterr().err
+
+
+def test_paper_references_skip_runs_with_overrides(tmp_path, capsys):
+    # a default-protocol run is compared; one cut short by --epochs/--limit is skipped (counted, with the reason)
+    root = _write(tmp_path / "r", L224, "imagenet_probe", [86.5])
+    _write(root, L224, "imagenet_probe", [40.0, 41.0], phash="short", overrides={"epochs": 1, "limit": 100})
+    _write(root, "my-encoder", "imagenet_probe", [80.0])
+    assert _regress(root) == 0
+    out = capsys.readouterr().out
+    assert "1 checked, 1 passed, 0 failed" in out
+    assert ("skipped 2 record(s): run with --epochs 1 --limit 100; paper references hold the task's default "
+            "protocol") in out
+    assert "skipped 1 record(s): no reference for this backbone and task" in out
+
+
+def test_only_skipped_records_is_an_error_that_says_why(tmp_path, capsys):
+    root = _write(tmp_path / "r", L224, "imagenet_probe", [40.0], overrides={"limit": 10})
+    assert _regress(root) == 2
+    captured = capsys.readouterr()
+    assert "skipped 1 record(s): run with --limit 10" in captured.out
+    assert "nothing was checked (the skipped lines above say why)" in captured.err
+
+
+def test_pinned_reference_applies_to_its_protocol_only(tmp_path, capsys):
+    pinned = tmp_path / "refs.csv"
+    references.write_csv(pinned, [{"backbone": "aimv2-tiny", "task": "digits_probe", "metric": "top1", "value": 75,
+                                   "tolerance": 5, "table": "embedded", "protocol_hash": "aaa"}],
+                         references.EMBEDDED_COLUMNS)
+    root = _write(tmp_path / "r", "aimv2-tiny", "digits_probe", [74.0], phash="aaa")
+    _write(root, "aimv2-tiny", "digits_probe", [47.0], phash="bbb")  # another protocol: never a FAIL against aaa
+    assert cli(["regress", "--records", str(root), "--references", str(pinned)]) == 0
+    out = capsys.readouterr().out
+    assert "1 checked, 1 passed, 0 failed" in out
+    assert "skipped 1 record(s): protocol differs from the pinned reference's (aaa)" in out
 
 
 def test_pinned_rows_from_seed_spread():
@@ -186,7 +221,8 @@ def test_embedded_pipeline_matches_pinned_reference(ref, tmp_path, capsys, monke
     _run_pinned(ref, tmp_path / "records")
     capsys.readouterr()
     rc = cli(["regress", "--records", str(tmp_path / "records"), "--references", str(EMBEDDED)])
-    assert rc == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rc == 0 and "1 passed" in out, out  # compared, not skipped for another protocol
 
 
 def test_embedded_regression_catches_shuffled_labels(tmp_path, monkeypatch, capsys):

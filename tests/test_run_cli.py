@@ -186,3 +186,23 @@ def test_list_json_gives_raw_rows(capsys):
     assert main(["list", "tasks", "scenes_v*", "--json"]) == 0
     assert {"scenes_vqa", "scenes_vitdet"} <= {r["name"] for r in json.loads(capsys.readouterr().out)}
     assert main(["list", "tasks", "nothing-like-this*", "--json"]) == 1 and json.loads(capsys.readouterr().out) == []
+
+
+@pytest.mark.parametrize("flags, overrides", [
+    ([], {}),
+    (["--epochs", "30", "--feature-cache"], {}),  # the task's own values: the same protocol
+    (["--epochs", "1", "--limit", "80"], {"epochs": 1, "limit": 80}),
+    (["--no-feature-cache"], {"feature_cache": False}),
+    (["--precision", "bf16"], {}),  # how it runs, not what it measures
+])
+def test_overrides_name_what_moved_the_protocol_off_the_task_default(tmp_path, flags, overrides):
+    from aimv2_eval.commands.run import parse_run_args, plan_cell
+
+    cell = plan_cell(parse_run_args([*TINY, "--task", "digits_probe", "--out", str(tmp_path), *flags]))
+    assert cell.overrides == overrides
+
+
+def test_feature_cache_switches_contradicting_is_one_line(tmp_path, capsys):
+    args = ["run", *TINY, "--task", "digits_probe", "--feature-cache", "--no-feature-cache", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "contradict" in capsys.readouterr().err

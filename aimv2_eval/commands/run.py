@@ -13,7 +13,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last completed epoch")
     parser.add_argument("--tasks-dir", action="append", default=[], type=Path, help="extra folder of task YAMLs")
     parser.add_argument("--feature-cache", nargs="?", const=DEFAULT_CACHE, type=Path, metavar="DIR",
-                        help=f"cache frozen tokens on disk and train without augmentation (default DIR: {DEFAULT_CACHE})")
+                        help=f"cache frozen tokens on disk and train without augmentation (default DIR: {DEFAULT_CACHE}); "
+                             "on by default where the task's protocol sets feature_cache: true")
+    parser.add_argument("--no-feature-cache", action="store_true",
+                        help="train on images with augmentation even where the task caches tokens by default")
     parser.add_argument("--data-root", type=Path, help="folder with local dataset copies (default: $AIMV2_EVAL_DATA or ~/data)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -57,6 +60,8 @@ def check_arguments(args: argparse.Namespace) -> None:
                              ("--limit", args.limit, 1), ("--workers", args.workers, 0)):
         if value is not None and value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
+    if args.feature_cache is not None and getattr(args, "no_feature_cache", False):
+        raise UserError("--feature-cache and --no-feature-cache contradict each other; keep one")
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
@@ -78,6 +83,7 @@ class CellPlan:
     protocol: dict[str, Any]
     protocol_hash: str
     path: Path  # the record; it exists once the cell is done
+    overrides: dict[str, Any]  # run options that moved the protocol off the task's default ({}: the default)
 
     @property
     def key(self) -> str:
@@ -97,17 +103,43 @@ def plan_cell(args: argparse.Namespace) -> CellPlan:
     plugin = get_plugin(task.plugin)
     spec = get_spec(args.backbone)
     cell_backbone = spec.name + ("-random" if args.random_init else "")
+    default_cache = DEFAULT_CACHE if task.protocol.get("feature_cache") else None
     options = RunOptions(
         epochs=args.epochs, batch_size=args.batch_size, limit=args.limit, precision=args.precision, seed=args.seed,
-        feature_cache=args.feature_cache, resume=args.resume, data_root=args.data_root, workers=args.workers,
-        progress=not args.no_progress,
+        feature_cache=_feature_cache(args, default_cache), resume=args.resume, data_root=args.data_root,
+        workers=args.workers, progress=not args.no_progress,
     )
     meta = describe_backbone(spec.name, args.weights)  # the architecture, without loading weights
-    protocol = plugin.resolve(task, options, meta)
-    phash = protocol_hash({"task": task.name, "version": task.version, "data": task.data, "protocol": protocol,
-                           "weights": args.weights, "pretrained": not args.random_init})
+
+    def hash_of(opts: Any) -> tuple[dict[str, Any], str]:
+        resolved = plugin.resolve(task, opts, meta)
+        return resolved, protocol_hash({"task": task.name, "version": task.version, "data": task.data,
+                                        "protocol": resolved, "weights": args.weights,
+                                        "pretrained": not args.random_init})
+
+    protocol, phash = hash_of(options)
+    default = replace(options, epochs=None, batch_size=None, limit=None, feature_cache=default_cache)
     path = cell_path(args.out, cell_backbone, task.name, phash, args.seed)
-    return CellPlan(task, plugin, spec, cell_backbone, options, protocol, phash, path)
+    overrides = _overrides(options, default, hash_of)
+    return CellPlan(task, plugin, spec, cell_backbone, options, protocol, phash, path, overrides)
+
+
+def _feature_cache(args: argparse.Namespace, default: Path | None) -> Path | None:
+    if getattr(args, "no_feature_cache", False):
+        return None
+    return default if args.feature_cache is None else args.feature_cache
+
+
+def _overrides(options: Any, default: Any, hash_of: Any) -> dict[str, Any]:
+    """Each protocol option that, applied alone to the task's default, changes the protocol (`regress` compares
+    only default-protocol records with the paper). Precision is how it runs, not what is measured: never listed."""
+    base = hash_of(default)[1]
+    out = {}
+    for key in ("epochs", "batch_size", "limit", "feature_cache"):
+        value = getattr(options, key)
+        if value != getattr(default, key) and hash_of(replace(default, **{key: value}))[1] != base:
+            out[key] = value is not None if key == "feature_cache" else value
+    return out
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -161,6 +193,7 @@ def main(args: argparse.Namespace) -> int:
             main_metric=result.main_metric,
             backbone=_backbone_info(backbone, spec, args),
             task_config=task_config,
+            overrides=cell.overrides,
             selection=result.selection,
             throughput=result.throughput,
             details=result.details,

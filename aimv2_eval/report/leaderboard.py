@@ -1,8 +1,10 @@
-"""The leaderboard: measured cells (seed mean and spread) beside the paper's numbers, built from records only.
+"""The leaderboard: measured cells (seed mean and spread) beside their references, built from records only.
 
-Outputs: a CSV (one row per backbone and resolution, five columns per task metric: mean, std, n, paper, delta), the
-same as markdown, the paper's own layouts (Tables 3/B2, 4, 7, D3) rebuilt from records, and a PNG of measured vs
-paper. A cell that was never measured stays empty; paper numbers appear only beside measured ones.
+One row per (backbone, resolution, task, protocol hash): two protocols of one cell are two rows, never one number,
+each with its salient settings (epochs, image size, batch size, precision, feature cache, limit) and the run
+options that moved it off the task's default. A reference appears only beside a row of the protocol it measured
+(`protocols.mismatch`). Outputs: a CSV (per metric: mean, std, reference, delta), the same as markdown, the
+paper's own layouts (Tables 3/B2, 4, 7, D3) rebuilt from default-protocol rows, and a PNG of measured vs reference.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aimv2_eval.report import protocols
 from aimv2_eval.report.references import Index, Reference
 
 # The paper layouts rebuilt from records: output suffix -> (title, the paper tables whose rows and columns it uses).
@@ -40,6 +43,8 @@ class Cell:
     values: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     created: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  # salient settings of the protocol
+    overrides: dict[str, Any] = field(default_factory=dict)  # run options off the task's default ({}: default)
 
     @property
     def n(self) -> int:
@@ -79,87 +84,140 @@ def measure(records: Sequence[dict[str, Any]]) -> list[Cell]:
                 continue
             key = (c["backbone"], res, c["task"], c["protocol_hash"], metric)
             cell = cells.get(key)
-            if cell is None:
-                cell = cells[key] = Cell(c["backbone"], res, c["task"], c["protocol_hash"], metric, rec.get("main_metric"))
+            if cell is None:  # one hash, one protocol: its settings are those of any of its records
+                cell = cells[key] = Cell(c["backbone"], res, c["task"], c["protocol_hash"], metric,
+                                         rec.get("main_metric"), settings=protocols.settings(rec),
+                                         overrides=protocols.overrides(rec))
             cell.values.append(value)
             cell.seeds.append(int(c["seed"]))
             cell.created = max(cell.created, str(rec.get("created", "")))
     return list(cells.values())
 
 
-def latest_protocol(cells: Sequence[Cell]) -> tuple[list[Cell], list[str]]:
-    """One protocol per (backbone, resolution, task): the most recently measured one. Returns the kept cells and a
-    note for every protocol left out, so a leaderboard never mixes two protocols in one number."""
-    created: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
-    for c in cells:
-        seen = created[(c.backbone, c.resolution, c.task)]
-        seen[c.protocol_hash] = max(seen.get(c.protocol_hash, ""), c.created)
-    chosen, notes = {}, []
-    for key, seen in created.items():
-        chosen[key] = newest = max(seen, key=lambda h: (seen[h], h))
-        if len(seen) > 1:
-            older = ", ".join(sorted(set(seen) - {newest}))
-            notes.append(f"{key[0]} {key[2]}: protocol {newest} shown; older protocol(s) {older} left out")
-    kept = [c for c in cells if chosen[(c.backbone, c.resolution, c.task)] == c.protocol_hash]
-    return kept, notes
+@dataclass
+class Row:
+    """One protocol of one (backbone, resolution, task): its settings and its metrics."""
+
+    backbone: str
+    resolution: str
+    task: str
+    protocol_hash: str
+    settings: dict[str, Any]
+    overrides: dict[str, Any]
+    cells: dict[str, Cell]  # metric -> measured
+
+    @property
+    def main(self) -> Cell:
+        first = next(iter(self.cells.values()))
+        return self.cells.get(first.main_metric or "", first)
 
 
 @dataclass
 class Leaderboard:
-    rows: list[tuple[str, str]]  # (backbone, resolution)
-    columns: list[tuple[str, str]]  # (task, metric)
-    cells: dict[tuple[str, str, str, str], Cell]  # (backbone, resolution, task, metric) -> measured
+    rows: list[Row]
+    metrics: list[str]  # every measured metric, in the references' order
     index: Index
     notes: list[str]
+    # default-protocol cells by (backbone, resolution, task, metric): what the paper layouts show
+    paper_cells: dict[tuple[str, str, str, str], Cell]
 
     def reference(self, cell: Cell) -> Reference | None:
-        return self.index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
+        """The reference of this cell's protocol; None when there is none or it measured another protocol."""
+        ref = self.index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
+        return ref if ref is not None and self.mismatch(cell, ref) is None else None
+
+    def mismatch(self, cell: Cell, ref: Reference) -> str | None:
+        return protocols.mismatch(ref.extra.get("protocol_hash", ""), cell.protocol_hash, cell.overrides)
+
+    def note(self, row: Row) -> str:
+        """Why a row's main metric has no reference beside it, when one exists for another protocol."""
+        cell = row.main
+        ref = self.index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
+        return "" if ref is None or ref.value is None else self.mismatch(cell, ref) or ""
 
     def delta(self, cell: Cell) -> float | None:
         ref = self.reference(cell)
         return None if ref is None or ref.value is None else cell.mean - ref.value
 
+    @property
+    def setting_keys(self) -> list[str]:
+        return [k for k in protocols.SALIENT if any(k in r.settings for r in self.rows)]
+
+
+def _rows(cells: Sequence[Cell]) -> list[Row]:
+    rows: dict[tuple[str, str, str, str], Row] = {}
+    for c in cells:
+        key = (c.backbone, c.resolution, c.task, c.protocol_hash)
+        if key not in rows:
+            rows[key] = Row(*key, c.settings, c.overrides, {})
+        rows[key].cells[c.metric] = c
+    # per (backbone, resolution, task): the default protocol first, then the newest (two stable sorts)
+    order = sorted(rows.values(), key=lambda r: max(c.created for c in r.cells.values()), reverse=True)
+    return sorted(order, key=lambda r: (r.backbone, r.resolution, r.task, bool(r.overrides)))
+
+
+def _paper_cells(cells: Sequence[Cell]) -> tuple[dict[tuple[str, str, str, str], Cell], list[str]]:
+    """The default-protocol cell of each (backbone, resolution, task, metric); the newest where several."""
+    chosen: dict[tuple[str, str, str, str], Cell] = {}
+    notes = set()
+    for c in sorted((c for c in cells if not c.overrides), key=lambda c: c.created):
+        key = (c.backbone, c.resolution, c.task, c.metric)
+        if key in chosen and chosen[key].protocol_hash != c.protocol_hash:
+            notes.add(f"{c.backbone} {c.task}: several default protocols; the paper layouts show the newest, "
+                      f"{c.protocol_hash}")
+        chosen[key] = c
+    return chosen, sorted(notes)
+
 
 def build(records: Sequence[dict[str, Any]], index: Index) -> Leaderboard:
-    cells, notes = latest_protocol(measure(records))
-    order: dict[tuple[str, str], int] = {}
+    cells = measure(records)
+    order: dict[str, int] = {}
     for r in index.refs:
-        order.setdefault((r.task, r.metric), len(order))
-    columns = sorted({(c.task, c.metric) for c in cells}, key=lambda k: (order.get(k, len(order)), k))
-    rows = sorted({(c.backbone, c.resolution) for c in cells})
-    by_key = {(c.backbone, c.resolution, c.task, c.metric): c for c in cells}
-    return Leaderboard(rows, columns, by_key, index, notes)
+        order.setdefault(r.metric, len(order))
+    metrics = sorted({c.metric for c in cells}, key=lambda m: (order.get(m, len(order)), m))
+    paper_cells, notes = _paper_cells(cells)
+    return Leaderboard(_rows(cells), metrics, index, notes, paper_cells)
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "" if x is None else f"{round(x, digits):g}" if abs(x) < 1e6 else f"{x:.{digits}g}"
 
 
+def _setting(value: Any) -> str:
+    if value is None:
+        return ""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def _head(lb: Leaderboard) -> list[str]:
+    return ["backbone", "resolution", "task", "protocol", *lb.setting_keys, "overrides", "seeds", "main metric"]
+
+
+def _head_values(lb: Leaderboard, row: Row) -> list[str]:
+    return [row.backbone, row.resolution, row.task, row.protocol_hash,
+            *[_setting(row.settings.get(k)) for k in lb.setting_keys],
+            protocols.describe_overrides(row.overrides), str(row.main.n), row.main.metric]
+
+
 def write_csv(lb: Leaderboard, path: Path) -> Path:
-    header = ["backbone", "resolution"]
-    for task, metric in lb.columns:
-        header += [f"{task}/{metric} {part}" for part in ("mean", "std", "n", "paper", "delta")]
+    header = _head(lb)
+    for metric in lb.metrics:
+        header += [f"{metric} {part}" for part in ("mean", "std", "reference", "delta")]
+    header.append("note")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
-        for backbone, res in lb.rows:
-            line = [backbone, res]
-            for task, metric in lb.columns:
-                cell = lb.cells.get((backbone, res, task, metric))
-                if cell is None:
-                    line += [""] * 5  # never measured: empty, never filled from the paper
-                    continue
-                ref = lb.reference(cell)
-                line += [
-                    _fmt(cell.mean),
-                    _fmt(cell.std),
-                    str(cell.n),
-                    "" if ref is None else _fmt(ref.value),
-                    _fmt(lb.delta(cell)),
+        for row in lb.rows:
+            line = _head_values(lb, row)
+            for metric in lb.metrics:
+                cell = row.cells.get(metric)
+                ref = lb.reference(cell) if cell else None
+                line += [""] * 4 if cell is None else [  # never measured: empty, never filled from a reference
+                    _fmt(cell.mean), _fmt(cell.std), "" if ref is None else _fmt(ref.value), _fmt(lb.delta(cell))
                 ]
-            w.writerow(line)
+            w.writerow([*line, lb.note(row)])
     return path
 
 
@@ -172,7 +230,8 @@ def _md_cell(lb: Leaderboard, cell: Cell | None, with_paper: bool = True) -> str
     text += f" [{cell.n}]"
     ref = lb.reference(cell)
     if with_paper and ref is not None and ref.value is not None:
-        text += f" (paper {ref.value:g}, Δ {cell.mean - ref.value:+.2f})"
+        source = "pinned" if ref.table == "embedded" else "paper"
+        text += f" ({source} {ref.value:g}, Δ {cell.mean - ref.value:+.2f})"
     return text
 
 
@@ -183,11 +242,10 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def to_markdown(lb: Leaderboard) -> str:
-    header = ["backbone", "resolution", *[f"{t} {m}" for t, m in lb.columns]]
-    rows = [
-        [b, r, *[_md_cell(lb, lb.cells.get((b, r, t, m))) for t, m in lb.columns]] for b, r in lb.rows
-    ]
-    text = "# Leaderboard\n\nmean ± std over seeds [number of seeds] (paper value, Δ = measured − paper)\n\n"
+    header = [*_head(lb), *lb.metrics, "note"]
+    rows = [[*_head_values(lb, r), *[_md_cell(lb, r.cells.get(m)) for m in lb.metrics], lb.note(r)] for r in lb.rows]
+    text = ("# Leaderboard\n\none row per protocol; mean ± std over seeds [number of seeds] "
+            "(reference of the same protocol, Δ = measured − reference)\n\n")
     text += _md_table(header, rows) + "\n"
     if lb.notes:
         text += "\n" + "\n".join(f"- {n}" for n in lb.notes) + "\n"
@@ -218,7 +276,7 @@ def layout(lb: Leaderboard, name: str) -> Layout:
     labels: dict[str, str] = {}
     for r in refs:
         labels.setdefault(r.backbone, r.label)
-    measured = [(b, res) for b, res in lb.rows if any((b, res, t, m) in lb.cells for t, m in columns)]
+    measured = sorted({(b, res) for b, res, t, m in lb.paper_cells if (t, m) in columns})
     paper_order = {b: i for i, b in enumerate(labels)}
     measured.sort(key=lambda k: (paper_order.get(k[0], len(paper_order)), k))
     return Layout(
@@ -239,7 +297,7 @@ def write_layout_csv(lb: Leaderboard, lay: Layout, path: Path) -> Path:
         for b, res, label in lay.rows:
             line = [b, res, label]
             for t, m, _ in lay.columns:
-                cell = lb.cells.get((b, res, t, m))
+                cell = lb.paper_cells.get((b, res, t, m))
                 ref = lb.reference(cell) if cell else None
                 line += ["", "", ""] if cell is None else [
                     _fmt(cell.mean), "" if ref is None else _fmt(ref.value), _fmt(lb.delta(cell))
@@ -254,29 +312,30 @@ def layout_markdown(lb: Leaderboard, lay: Layout) -> str:
     for b, res, label in lay.rows:
         line = [f"{b} ({res})" if res else b, label]
         for t, m, _ in lay.columns:
-            cell = lb.cells.get((b, res, t, m))
+            cell = lb.paper_cells.get((b, res, t, m))
             delta = lb.delta(cell) if cell else None
             line.append("" if cell is None else f"{cell.mean:.1f}" + ("" if delta is None else f" ({delta:+.1f})"))
         rows.append(line)
     body = _md_table(header, rows) if rows else "(no measured cell in this table's benchmarks)"
-    return f"## {lay.title}\n\nmeasured seed mean (measured − paper)\n\n{body}\n"
+    return f"## {lay.title}\n\nmeasured seed mean of the task's default protocol (measured − paper)\n\n{body}\n"
 
 
 def plot(lb: Leaderboard, path: Path) -> Path | None:
-    """Measured vs paper, one panel per task metric that has at least one measured cell with a paper value."""
+    """Measured vs reference, one panel per task metric that has at least one measured cell with a reference of
+    its protocol."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels: dict[tuple[str, str], list[tuple[float, Cell]]] = defaultdict(list)
-    for cell in lb.cells.values():
+    for cell in (c for row in lb.rows for c in row.cells.values()):
         ref = lb.reference(cell)
         if ref is not None and ref.value is not None:
             panels[(cell.task, cell.metric)].append((ref.value, cell))
     if not panels:
         return None
-    keys = [k for k in lb.columns if k in panels]
+    keys = sorted(panels)
     ncols = min(4, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4 * nrows), squeeze=False)

@@ -1,16 +1,20 @@
 """Regression checks: every measured cell that has a reference, its seed mean against the reference value.
 
 A cell passes when |measured - reference| <= tolerance. Both directions count: a number far above the paper or the
-pinned value (a label leak, evaluation on the training split) is as suspicious as one below it.
+pinned value (a label leak, evaluation on the training split) is as suspicious as one below it. A cell is compared
+only with a reference of its own protocol (`protocols.mismatch`: a pinned reference's hash, or the task's default
+protocol for a paper reference); the others are skipped and counted with the reason.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aimv2_eval.errors import UserError
+from aimv2_eval.report import protocols
 from aimv2_eval.report.leaderboard import Cell, measure
 from aimv2_eval.report.references import (
     MIN_EMBEDDED_TOLERANCE,
@@ -37,12 +41,18 @@ class Check:
         # a hair of slack so that a value printed exactly at the tolerance passes despite float rounding
         return abs(self.delta) <= self.tolerance + 1e-9
 
-    @property
-    def note(self) -> str:
-        pinned = self.reference.extra.get("protocol_hash", "")
-        if pinned and pinned != self.cell.protocol_hash:
-            return f"protocol {self.cell.protocol_hash} differs from pinned {pinned}"
-        return ""
+
+@dataclass
+class Comparison:
+    checks: list[Check]
+    # reason -> the records (backbone, task, protocol hash, seed) skipped for it
+    skipped: dict[str, set[tuple[str, str, str, int]]] = field(default_factory=dict)
+
+    def skip_lines(self) -> list[str]:
+        return [f"skipped {len(recs)} record(s): {reason}" for reason, recs in sorted(self.skipped.items())]
+
+
+NO_REFERENCE = "no reference for this backbone and task"
 
 
 def compare(
@@ -50,15 +60,32 @@ def compare(
     index: Index,
     overall: float | None = None,
     per_metric: dict[str, float] | None = None,
-) -> list[Check]:
-    """One check per measured (backbone, task, protocol, metric) that has a reference; every protocol is checked."""
-    checks = []
-    for cell in measure(records):
+) -> Comparison:
+    """One check per measured (backbone, task, protocol, metric) that has a reference of its own protocol; the
+    records of every other cell are skipped, by reason."""
+    cells = measure(records)
+    checks, skipped = [], defaultdict(set)
+    checked: set[tuple[str, str, str]] = set()
+    for cell in cells:
         ref = index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
         if ref is None or ref.value is None:
             continue
-        checks.append(Check(cell, ref, tolerance_for(ref, overall, per_metric)))
-    return sorted(checks, key=lambda c: (c.cell.backbone, c.cell.task, c.cell.metric, c.cell.protocol_hash))
+        reason = protocols.mismatch(ref.extra.get("protocol_hash", ""), cell.protocol_hash, cell.overrides)
+        if reason:
+            skipped[reason].update(_record_keys(cell))
+        else:
+            checks.append(Check(cell, ref, tolerance_for(ref, overall, per_metric)))
+            checked.add((cell.backbone, cell.task, cell.protocol_hash))
+    for cell in cells:  # a record none of whose metrics has a reference at all
+        keys = _record_keys(cell)
+        if (cell.backbone, cell.task, cell.protocol_hash) not in checked and not any(keys & s for s in skipped.values()):
+            skipped[NO_REFERENCE].update(keys)
+    checks.sort(key=lambda c: (c.cell.backbone, c.cell.task, c.cell.metric, c.cell.protocol_hash))
+    return Comparison(checks, dict(skipped))
+
+
+def _record_keys(cell: Cell) -> set[tuple[str, str, str, int]]:
+    return {(cell.backbone, cell.task, cell.protocol_hash, seed) for seed in cell.seeds}
 
 
 def format_table(checks: Sequence[Check]) -> str:
@@ -77,7 +104,7 @@ def format_table(checks: Sequence[Check]) -> str:
             f"{c.reference.value:g}",
             f"{c.delta:+.2f}",
             f"{c.tolerance:g}",
-            source + (f" ({c.note})" if c.note else ""),
+            source,
         ))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in (header, *rows)]

@@ -4,6 +4,8 @@ Layout: {root}/{backbone}/{task}/{protocol_hash}-seed{seed}.json. Schema (versio
   cell: {backbone, task, protocol_hash, seed}
   metrics: {name: value}; main_metric: the name of the headline metric (percent for accuracies)
   task_config: the fully resolved task config; backbone: {name, family, weights_id, resolution, params}
+  overrides: {option: value} of the run options (epochs, batch_size, limit, feature_cache) that moved the protocol
+    off the task's default; {} for a default run (report/protocols.py reads older records without it)
   selection: how reported hyperparameters were chosen (rule, split, and every candidate's scores)
   environment: {versions, git_revision, device}; wall_time_s, peak_memory_mb, throughput: {...}; created (UTC ISO)
 """
@@ -96,3 +98,28 @@ def load_records(root: Path) -> list[dict[str, Any]]:
         rec["_path"] = str(path)
         records.append(rec)
     return records
+
+
+def to_frame(records: list[dict[str, Any]]):
+    """Records as a pandas DataFrame: one row per record, its cell, headline value, every numeric metric, the
+    protocol's salient settings and overrides (`protocols`), and where it came from."""
+    import pandas as pd
+
+    from aimv2_eval.report import protocols
+
+    rows = []
+    for rec in records:
+        metrics = {k: v for k, v in (rec.get("metrics") or {}).items() if isinstance(v, int | float)}
+        main = rec.get("main_metric")
+        rows.append({
+            **{k: rec["cell"].get(k) for k in ("backbone", "task", "protocol_hash", "seed")},
+            "resolution": (rec.get("backbone") or {}).get("resolution"),
+            "main_metric": main,
+            "value": metrics.get(main),
+            **metrics,
+            **protocols.settings(rec),
+            "overrides": protocols.describe_overrides(protocols.overrides(rec)),
+            "created": rec.get("created"),
+            "path": rec.get("_path"),
+        })
+    return pd.DataFrame(rows)
