@@ -395,19 +395,11 @@ def _category_names(ds: Any, objects_key: str) -> list[str] | None:
     return list(cat.names) if cat is not None and hasattr(cat, "names") else None
 
 
-def open_hf_detection(path: str, split: str, *, with_masks: bool = True, name: str | None = None,
-                      revision: str | None = None, bbox_format: str = "xywh", image_key: str = "image",
-                      objects_key: str = "objects", load_kwargs: dict | None = None) -> DetectionSet:
-    """A `datasets` dataset in the COCO-style layout: `image`, `objects` {`bbox`, `category`, optional
-    `segmentation`, `area`, `iscrowd`, `id`}, optional `image_id`, `width`, `height`.
+def load_hf_split(path: str, split: str, revision: str | None = None, load_kwargs: dict | None = None) -> Any:
+    """One split of a Hugging Face dataset: a hub id (`datasets.load_dataset`) or a `save_to_disk` folder; anything
+    that keeps it from loading is one "data missing" line."""
+    import datasets  # heavy; only the HF sources need it
 
-    `path` is a hub id (`load_dataset`) or a folder written by `save_to_disk` (`load_from_disk`). `bbox_format` is
-    "xywh" (COCO) or "xyxy". Categories are the ClassLabel names when the feature has them, else the distinct values.
-    """
-    import datasets  # heavy; only this source needs it
-
-    if bbox_format not in ("xywh", "xyxy"):
-        raise UserError(f"bbox_format must be xywh or xyxy, got {bbox_format!r}")
     try:
         if Path(path).expanduser().is_dir():
             ds = datasets.load_from_disk(str(Path(path).expanduser()))
@@ -423,6 +415,23 @@ def open_hf_detection(path: str, split: str, *, with_masks: bool = True, name: s
         raise UserError(f"data missing: HF dataset {path} split {split!r} did not load ({_first_line(exc)}); make it "
                         "loadable (network, `hf auth login` if gated, or a warm HF cache) or save it to a local folder "
                         "with save_to_disk") from None
+    return ds
+
+
+def open_hf_detection(path: str, split: str, *, with_masks: bool = True, name: str | None = None,
+                      revision: str | None = None, bbox_format: str = "xywh", image_key: str = "image",
+                      objects_key: str = "objects", load_kwargs: dict | None = None) -> DetectionSet:
+    """A `datasets` dataset in the COCO-style layout: `image`, `objects` {`bbox`, `category`, optional
+    `segmentation`, `area`, `iscrowd`, `id`}, optional `image_id`, `width`, `height`.
+
+    `path` is a hub id (`load_dataset`) or a folder written by `save_to_disk` (`load_from_disk`). `bbox_format` is
+    "xywh" (COCO) or "xyxy". Categories are the ClassLabel names when the feature has them, else the distinct values.
+    """
+    import datasets  # heavy; only this source needs it
+
+    if bbox_format not in ("xywh", "xyxy"):
+        raise UserError(f"bbox_format must be xywh or xyxy, got {bbox_format!r}")
+    ds = load_hf_split(path, split, revision, load_kwargs)
     for col in (image_key, objects_key):
         if col not in ds.column_names:
             raise UserError(f"HF dataset {path} split {split!r} has no column {col!r} (columns: "

@@ -539,25 +539,11 @@ def open_hf_rec(path: str, split: str, *, revision: str | None = None, image_key
     pixels). Defaults fit lmms-lab/RefCOCO, RefCOCOplus and RefCOCOg. `path` is a hub id or a save_to_disk folder."""
     import datasets  # heavy; only this source needs it
 
-    from aimv2_eval.data.detection import _HFImages
+    from aimv2_eval.data.detection import _HFImages, load_hf_split
 
     if bbox_format not in ("xywh", "xyxy"):
         raise UserError(f"bbox_format must be xywh or xyxy, got {bbox_format!r}")
-    try:
-        if Path(path).expanduser().is_dir():
-            ds = datasets.load_from_disk(str(Path(path).expanduser()))
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise UserError(f"{path} has splits {', '.join(ds)}, not {split!r}; fix the split name")
-                ds = ds[split]
-        else:
-            ds = datasets.load_dataset(path, split=split, revision=revision, **(load_kwargs or {}))
-    except UserError:
-        raise
-    except Exception as exc:  # offline, gated, unknown id or split: all mean "the data is not here"
-        raise UserError(f"data missing: HF dataset {path} split {split!r} did not load ({_first_line(exc)}); make it "
-                        "loadable (network, `hf auth login` if gated, or a warm HF cache) or save it to a local folder "
-                        "with save_to_disk") from None
+    ds = load_hf_split(path, split, revision, load_kwargs)
     for col in (image_key, expression_key, bbox_key):
         if col not in ds.column_names:
             raise UserError(f"HF dataset {path} split {split!r} has no column {col!r} (columns: "
