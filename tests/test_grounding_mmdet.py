@@ -4,8 +4,6 @@ against mmdet's own file, losses and gradients, predict's interface, and a short
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -247,15 +245,12 @@ def test_tiny_overfit_grounds_each_phrase_to_its_box(minilm):
               {"params": [p for p in model.text_encoder.parameters() if p.requires_grad], "lr": 2e-5},
               {"params": model.heads().parameters(), "lr": 1e-3}]
     opt = torch.optim.AdamW(groups, weight_decay=1e-4)
-    start = time.monotonic()
-    for _ in range(60):  # both boxes pass IoU 0.5 from about step 40 (IoU 0.84, 0.97 at 60; 0.3-0.6 s a step)
+    for _ in range(60):  # both boxes pass IoU 0.5 from about step 40 (IoU 0.84, 0.97 at 60)
         loss = sum(model(images, CAPTIONS, targets).values())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)  # MM-G-DINO's clip_grad
         opt.step()
-    seconds = time.monotonic() - start
     out = model.predict(images, CAPTIONS, phrases, max_detections=5)
     for o, t in zip(out, targets):
         assert box_iou(o["boxes"][:1], t["boxes"]).item() > 0.5
-    assert seconds < 60
