@@ -128,6 +128,21 @@ def test_builtin_engine_trains_every_part_and_predicts_phrase_labels(minilm):
     assert all(((o["boxes"] >= 0) & (o["boxes"] <= 128)).all() for o in out)
 
 
+def test_prompts_share_the_image_pyramid_and_match_one_prompt_at_a_time():
+    """predict_prompts (the chunked OVD evaluation) equals predict called once per prompt with it on every image."""
+    torch.manual_seed(0)
+    model = grounding.build_detector(create_backbone("aimv2-tiny", pretrained=False, trainable=True),
+                                     create_text_encoder("minilm"), _tiny_protocol()).eval()
+    images = torch.randn(3, 3, 128, 128)
+    prompts = [text.detection_prompt(["red circle", "blue square", "cat"]), text.detection_prompt(["dog", "star"])]
+    shared = model.predict_prompts(images, prompts, max_detections=6)
+    for c, (caption, spans) in enumerate(prompts):
+        for i, alone in enumerate(model.predict(images, [caption] * 3, [spans] * 3, max_detections=6)):
+            torch.testing.assert_close(shared[i][c]["scores"], alone["scores"])
+            torch.testing.assert_close(shared[i][c]["boxes"], alone["boxes"])
+            assert torch.equal(shared[i][c]["labels"], alone["labels"])
+
+
 def test_protocol_errors_are_one_line(tmp_path):
     meta = describe_backbone("aimv2-tiny", None)
     task = load_task("scenes_rec")

@@ -5,6 +5,7 @@ levels MM-Grounding-DINO reads from Swin through its ChannelMapper) feeding the 
 Engine interface (shared with `mmdet_engine.MMDetGroundingDINO`; the plugin calls only this):
   forward(images, captions, targets) -> losses        targets[i]: boxes (N, 4) xyxy input px, spans per box
   predict(images, captions, phrases, max_detections)  -> per image boxes xyxy, scores, labels (phrase index)
+  predict_prompts(images, prompts, max_detections)    -> [image][prompt] predictions, every prompt on every image
   backbone (the registry ViT), text_encoder, heads() (everything else)
 """
 
@@ -53,8 +54,16 @@ class BuiltinGroundingDINO(nn.Module):
         return nn.ModuleList([self.fpn, self.head])
 
     def _forward(self, images: torch.Tensor, tokens: text.Tokens, targets: list[dict] | None = None) -> dict:
-        levels = self.fpn(self.body(images))
+        return self._head(self.fpn(self.body(images)), tokens, targets)
+
+    def _head(self, levels: list[torch.Tensor], tokens: text.Tokens, targets: list[dict] | None = None) -> dict:
         words = text.encode(self.text_encoder, tokens)
+        if words.shape[0] != levels[0].shape[0]:  # one prompt for the whole batch: encoded once, shared
+            b = levels[0].shape[0]
+            words = words.expand(b, -1, -1)
+            tokens = text.Tokens(*(t.expand(b, *t.shape[1:]) for t in (
+                tokens.input_ids, tokens.token_type_ids, tokens.mask, tokens.offsets, tokens.self_attention,
+                tokens.position_ids)))
         return self.head(levels, words, tokens.mask, tokens.self_attention, tokens.position_ids, targets)
 
     def forward(self, images: torch.Tensor, captions: list[str], targets: list[dict]) -> dict[str, torch.Tensor]:
@@ -77,4 +86,20 @@ class BuiltinGroundingDINO(nn.Module):
         out = self._forward(images, tokens.to(images.device))
         size = tuple(images.shape[-2:])
         return predict_phrases(out["logits"][-1], out["boxes"][-1], maps, size, max_detections)
+
+    @torch.no_grad()
+    def predict_prompts(self, images: torch.Tensor, prompts: list[tuple[str, list[list[tuple[int, int]]]]],
+                        max_detections: int) -> list[list[dict[str, torch.Tensor]]]:
+        """Every (caption, phrases) prompt on every image -> [image][prompt] predictions. The image pyramid is
+        computed once and each prompt encoded once for the batch (LVIS: 31 chunked prompts per image)."""
+        levels = self.fpn(self.body(images))
+        size, out = tuple(images.shape[-2:]), [[] for _ in images]
+        for caption, phrases in prompts:
+            tokens = text.tokenize(self.text_encoder, [caption], self.max_text_len)
+            maps = [text.phrase_maps(tokens, 0, phrases).to(images.device)] * len(images)
+            res = self._head(levels, tokens.to(images.device))
+            for per_image, pred in zip(out, predict_phrases(res["logits"][-1], res["boxes"][-1], maps, size,
+                                                            max_detections)):
+                per_image.append(pred)
+        return out
 

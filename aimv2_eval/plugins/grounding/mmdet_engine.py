@@ -428,3 +428,15 @@ class MMDetGroundingDINO(nn.Module):
             head.test_cfg["max_per_img"] = saved
         return [{"boxes": s.pred_instances.bboxes, "scores": s.pred_instances.scores,
                  "labels": s.pred_instances.labels.long()} for s in results]
+
+    @torch.no_grad()
+    def predict_prompts(self, images: torch.Tensor, prompts: list[tuple[str, list[list[tuple[int, int]]]]],
+                        max_detections: int) -> list[list[dict[str, torch.Tensor]]]:
+        """Every (caption, phrases) prompt on every image -> [image][prompt] predictions. mmdet's predict runs the
+        backbone again for every prompt (the built-in engine shares it; left as is here)."""
+        out: list[list[dict[str, torch.Tensor]]] = [[] for _ in images]
+        for caption, phrases in prompts:
+            for per_image, pred in zip(out, self.predict(images, [caption] * len(images), [phrases] * len(images),
+                                                         max_detections)):
+                per_image.append(pred)
+        return out

@@ -331,14 +331,12 @@ class _GroundingRun:
         start = time.perf_counter()
         for batch in batches:
             images, samples, metas = self._inputs(batch)
-            found: list[list[tuple]] = [[] for _ in batch]
-            for c, (caption, spans) in enumerate(prompts):
-                preds = self._predict(images, [caption] * len(batch), [spans] * len(batch), k)
-                for j, pred in enumerate(preds):
-                    found[j].append((pred["boxes"].float().cpu(), pred["scores"].float().cpu(),
-                                     pred["labels"].cpu() + int(offsets[c])))
-            for j, (s, meta) in enumerate(zip(samples, metas)):
-                boxes, scores, labels = (torch.cat(parts) for parts in zip(*found[j]))
+            with autocast(self.ctx.device, self.p["precision"]):
+                per_image = self.model.predict_prompts(images, prompts, k)
+            for s, meta, preds in zip(samples, metas, per_image):
+                boxes = torch.cat([pred["boxes"].float().cpu() for pred in preds])
+                scores = torch.cat([pred["scores"].float().cpu() for pred in preds])
+                labels = torch.cat([pred["labels"].cpu() + int(offset) for pred, offset in zip(preds, offsets)])
                 top = torch.argsort(scores, descending=True)[:k]
                 boxes_px, _ = unmap_predictions(boxes[top], None, meta)
                 results += to_coco_results(s.image_id, boxes_px, scores[top], labels[top], ds.category_ids)
