@@ -36,7 +36,7 @@ class BuiltinGroundingDINO(nn.Module):
 
     def __init__(self, backbone: nn.Module, text_encoder: nn.Module, cfg: dict[str, Any], image_size: int) -> None:
         super().__init__()
-        text.require_fast_tokenizer(text_encoder)
+        text.require_fast_tokenizer(text_encoder, text.SPECIAL_TOKENS)
         self.body = ViTDetBackbone(backbone, cfg["window"], cfg["global_blocks"], cfg["feature_norm"])
         channels = int(cfg["fpn_channels"])
         self.fpn = SimpleFPN(self.body.channels, channels, strides=LEVEL_STRIDES)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import math
 import os
 import warnings
@@ -48,7 +47,6 @@ INSTALL = mmdet_glue.INSTALL
 CONFIG = "mm_grounding_dino/grounding_dino_swin-t_pretrain_obj365.py"
 TRANSFORMER_WIDTH = 256  # the width mmdet's text-position and reference-box sine encodings assume
 LEVEL_STRIDES = (8, 16, 32)  # SimpleFPN levels the detector reads, + the max-pooled stride 64
-NOT_BERT = "grounding needs a BERT-like text encoder with a fast tokenizer"
 
 DEFAULTS: dict[str, Any] = {"window": 16, "global_blocks": None, "feature_norm": True, "fpn_channels": 256}
 
@@ -77,21 +75,6 @@ class _TextBody(nn.Module):
         self.language_dim = int(text_encoder.model.config.hidden_size)
 
 
-def check_text_encoder(text_encoder: Any, special_tokens: Sequence[str] = ()) -> None:
-    """One-line UserError unless it is a transformers BERT-like encoder: a fast tokenizer (GroundingDINO maps
-    character spans to tokens), a vocabulary holding the separator tokens and a forward taking position ids."""
-    model, tok = getattr(text_encoder, "model", None), getattr(text_encoder, "hf_tokenizer", None)
-    if model is None or tok is None or not getattr(tok, "is_fast", False):
-        raise UserError(NOT_BERT)
-    params = inspect.signature(model.forward).parameters
-    if not {"position_ids", "token_type_ids"} <= set(params):
-        raise UserError(NOT_BERT)
-    vocab = tok.get_vocab()
-    missing = [t for t in special_tokens if t not in vocab]
-    if missing:
-        raise UserError(f"{NOT_BERT} (its vocabulary lacks {', '.join(missing)})")
-
-
 class AIMv2EvalLanguageModel(nn.Module):
     """mmdet's `BertModel` contract over a registry text encoder: captions -> dict(embedded, masks, hidden,
     position_ids, text_token_mask), each caption's sub-sentences (split after every special token) encoded
@@ -108,7 +91,7 @@ class AIMv2EvalLanguageModel(nn.Module):
             from aimv2_eval.text import create_text_encoder
 
             text_encoder = create_text_encoder(name, pretrained=pretrained, trainable=True)
-        check_text_encoder(text_encoder, special_tokens_list)
+        text.require_fast_tokenizer(text_encoder, special_tokens_list)
         self.language_backbone = nn.Sequential(OrderedDict(body=_TextBody(text_encoder)))
         self.tokenizer = text_encoder.hf_tokenizer
         self.max_tokens = int(max_tokens)
@@ -317,7 +300,7 @@ class MMDetGroundingDINO(nn.Module):
 
     def __init__(self, backbone: nn.Module, text_encoder: nn.Module, cfg: dict[str, Any], image_size: int) -> None:
         super().__init__()
-        check_text_encoder(text_encoder)
+        text.require_fast_tokenizer(text_encoder)
         register()
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import torch
 from aimv2_eval.errors import UserError
 
 SEPARATOR = " . "
+NOT_BERT = "grounding needs a BERT-like text encoder with a fast tokenizer"
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", ".", "?")  # MM-Grounding-DINO's special_tokens_list
 Span = tuple[int, int]
 
@@ -43,11 +45,17 @@ def chunks(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def require_fast_tokenizer(encoder: object) -> object:
-    tok = getattr(encoder, "hf_tokenizer", None)
-    if tok is None or not getattr(tok, "is_fast", False):
-        raise UserError("grounding needs a BERT-like text encoder with a fast tokenizer (char offsets), e.g. minilm, "
-                        "bert-base-uncased or hf:<folder>")
+def require_fast_tokenizer(encoder: object, special_tokens: Sequence[str] = ()) -> object:
+    """The encoder's tokenizer, or one UserError line unless it is a transformers BERT-like encoder: a fast tokenizer
+    (character spans map to tokens), a forward taking position and token-type ids (the sub-sentence
+    representation), and a vocabulary holding `special_tokens`."""
+    model, tok = getattr(encoder, "model", None), getattr(encoder, "hf_tokenizer", None)
+    params = inspect.signature(model.forward).parameters if model is not None else {}
+    if tok is None or not getattr(tok, "is_fast", False) or not {"position_ids", "token_type_ids"} <= set(params):
+        raise UserError(f"{NOT_BERT} (char offsets), e.g. minilm, bert-base-uncased or hf:<folder>")
+    missing = [t for t in special_tokens if t not in tok.get_vocab()]
+    if missing:
+        raise UserError(f"{NOT_BERT} (its vocabulary lacks {', '.join(missing)})")
     return tok
 
 
@@ -84,7 +92,7 @@ def sub_sentence_mask(input_ids: torch.Tensor, special_ids: Sequence[int]) -> tu
 
 
 def tokenize(encoder: object, captions: Sequence[str], max_tokens: int = 256) -> Tokens:
-    tok = require_fast_tokenizer(encoder)
+    tok = encoder.hf_tokenizer  # checked once by the engine (require_fast_tokenizer), not on every step
     out = tok(list(captions), padding="longest", truncation=True, max_length=max_tokens,
               return_offsets_mapping=True, return_tensors="pt")
     special_ids = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
