@@ -17,12 +17,15 @@ from typing import Any
 
 import yaml
 
+from aimv2_eval import validate as v
 from aimv2_eval.config import deep_merge
 from aimv2_eval.errors import UserError
 from aimv2_eval.plugins.registry import PLUGINS
 from aimv2_eval.registry import Registry
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "tasks"
+# The repository's tasks/ ships inside the package as aimv2_eval/builtin_tasks (a link in the source tree, copied
+# into wheels), so that a non-editable install finds its tasks without --tasks-dir.
+BUILTIN_DIR = (Path(__file__).parent / "builtin_tasks").resolve()
 TASKS_ENV = "AIMV2_EVAL_TASKS"
 REQUIRED = ("version", "plugin", "data", "metric", "protocol")
 
@@ -64,22 +67,33 @@ class TaskSpec:
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise UserError(f"{path}: include cycle ({' -> '.join(str(p) for p in (*seen, path))}); remove one include")
+    by = f" (included by {seen[-1]})" if seen else ""
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{seen[-1] if seen else path}: included file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}{by} is a folder, not a task file; include a .yaml file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}{by} ({type(exc).__name__}: {exc}); check the file") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path} must hold a mapping of task fields, got {type(raw).__name__}")
+        got = "nothing (the file is empty)" if raw is None else f"a {type(raw).__name__}"
+        raise UserError(f"{path}{by} must hold a mapping of task fields (key: value lines), got {got}")
     include = raw.pop("include", None)
-    if include:
+    if include is not None:
+        # a path relative to the including file; a list or a number here would be joined to a path and crash
+        if not isinstance(include, str) or not include.strip():
+            raise UserError(f"{path}: include must be one file name (a string, e.g. include: _probe_table_a2.yaml), "
+                            f"got {include!r}")
         raw = deep_merge(_read_yaml((path.parent / include).resolve(), (*seen, path)), raw)
     return raw
 
 
 def parse_task(path: Path) -> TaskSpec:
-    """Read and validate one task file (structure only; plugins validate their own protocol when they run)."""
+    """Read and validate one task file: its structure and the types of the common fields (each plugin checks its
+    own protocol in `resolve`, before any work)."""
     path = Path(path)
     raw = _read_yaml(path.resolve())
     name = raw.get("name", path.stem)
@@ -88,6 +102,8 @@ def parse_task(path: Path) -> TaskSpec:
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise UserError(f"{path}: missing field(s) {', '.join(missing)}; see tasks/imagenet_probe.yaml for the layout")
+    if not isinstance(raw["plugin"], str):
+        raise UserError(f"{path}: plugin must be a plugin name (`aimv2-eval list plugins`), got {raw['plugin']!r}")
     if raw["plugin"] not in PLUGINS:
         raise UserError(f"{path}: {PLUGINS.unknown_message(raw['plugin'])}")
     for key in ("data", "metric", "protocol"):
@@ -98,22 +114,34 @@ def parse_task(path: Path) -> TaskSpec:
     unknown = set(raw) - {*REQUIRED, "name", "description", "paper", "embedded"}
     if unknown:
         raise UserError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; check the spelling")
-    try:
-        version = int(raw["version"])
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: version must be an integer, got {raw['version']!r}") from None
+    _check_fields(path, raw)
     return TaskSpec(
         name=name,
-        version=version,
+        version=raw["version"],
         plugin=PLUGINS.canonical(raw["plugin"]),
         data=raw["data"],
         metric=raw["metric"],
         protocol=raw["protocol"],
-        description=str(raw.get("description", "")).strip(),
+        description=str(raw.get("description") or "").strip(),
         paper=raw.get("paper"),
         embedded=bool(raw.get("embedded", False)),
         path=path,
     )
+
+
+def _check_fields(path: Path, raw: dict[str, Any]) -> None:
+    """Types of the fields every task has; each plugin's `resolve` checks its own protocol."""
+    v.positive_int(raw["version"], f"{path}: version")
+    for key, check in (("description", v.text), ("embedded", v.boolean), ("paper", v.mapping)):
+        if raw.get(key) is not None:  # null: the default ("", false, no paper cell)
+            check(raw[key], f"{path}: {key}")
+    metric = raw["metric"]
+    v.known_keys(metric, ("main", "report"), f"{path}: metric")
+    v.string(metric["main"], f"{path}: metric.main")
+    if metric.get("report") is not None:
+        v.string_list(metric["report"], f"{path}: metric.report")
+    if "num_classes" in raw["data"]:  # TaskSpec.num_classes sizes the classifier from it
+        v.positive_int(raw["data"]["num_classes"], f"{path}: data.num_classes")
 
 
 def task_dirs(extra: list[str | Path] | tuple[str | Path, ...] = ()) -> list[Path]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aimv2_eval import validate
+
 if TYPE_CHECKING:
     from aimv2_eval.backbones.base import Backbone, BackboneMeta
     from aimv2_eval.launch.distributed import DistContext
@@ -55,6 +57,18 @@ class Plugin(abc.ABC):
         """The protocol exactly as it will run (task protocol + command-line overrides + backbone-dependent
         values such as the input size, from the backbone's full metadata). It is hashed into the cell id, so it
         holds only what changes results, including the name and weights of every other model the cell uses."""
+
+    def metric_names(self, task: TaskSpec, protocol: dict[str, Any]) -> set[str] | None:
+        """The names `run` puts in `PluginResult.metrics` for this task and resolved protocol; None where they are
+        not known before the data is open (then metric.main is not checked before the run)."""
+        return None
+
+    def check_metrics(self, task: TaskSpec, protocol: dict[str, Any]) -> None:
+        """metric.main and metric.report must name metrics this plugin produces: checked before any work, so that
+        a typo does not surface after the whole run has trained."""
+        names = self.metric_names(task, protocol)
+        if names is not None:
+            validate.metric_names(task, names, self.name)
 
     def backbone_options(self, protocol: dict[str, Any]) -> dict[str, Any]:
         """Build options of the backbone (`create_backbone` keywords: trainable, drop_path_rate,

@@ -27,11 +27,13 @@ import hashlib
 import json
 import time
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from aimv2_eval import validate as v
 from aimv2_eval.config import cache_home
 from aimv2_eval.data.detection import DetectionSample
 from aimv2_eval.data.detection_transforms import LargeScaleJitter, ResizePad, unmap_predictions
@@ -51,7 +53,7 @@ from aimv2_eval.errors import UserError
 from aimv2_eval.io import torch_save_atomic
 from aimv2_eval.launch.distributed import DistContext, gather_objects, shard
 from aimv2_eval.metrics import grounding as gm
-from aimv2_eval.metrics.coco import to_coco_results
+from aimv2_eval.metrics.coco import STAT_NAMES, to_coco_results
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
 from aimv2_eval.plugins.grounding import mmdet_engine, text
 
@@ -76,20 +78,70 @@ TRAIN_KEYS = ("engine", "image_size", "window", "global_blocks", "drop_path_rate
               "limit", "precision", "grad_checkpointing", "token_grid")
 
 
+def _global_blocks(value: Any, where: str) -> Any:
+    return value if value == "evenly_spaced" else v.int_list(value, where, ge=0)
+
+
+def _train_data(value: Any, where: str) -> Any:
+    if not isinstance(value, list) or not value or not all(isinstance(d, dict) for d in value):
+        raise v.fail(where, "a non-empty list of data blocks ({source: ..., <source>: {...}})", value)
+    return value
+
+
+CHECKS: dict[str, v.Check] = {
+    **v.TRAINING_FIELDS, "engine": partial(v.string, choices=ENGINES), "image_size": v.positive_int,
+    "window": v.optional(v.positive_int), "global_blocks": _global_blocks,
+    "drop_path_rate": partial(v.number, ge=0, lt=1), "text_encoder": v.string, "max_text_len": v.positive_int,
+    "dino": v.mapping, "backbone_lr_mult": v.nonneg_number, "text_lr_mult": v.nonneg_number,
+    "grad_clip": v.optional(v.nonneg_number), "milestones": partial(v.int_list, ge=1, nonempty=False),
+    "gamma": v.positive_number, "train_scale": v.scale_range, "train_data": _train_data,
+    "feature_norm": v.boolean, "grad_checkpointing": v.boolean, "fpn_channels": v.positive_int,
+    "max_detections": v.positive_int, "chunk_size": v.positive_int,
+}
+# the detector's sizes (DinoConfig; max_text_len comes from the protocol): the built-in engine drops unknown keys
+DINO_CHECKS: dict[str, v.Check] = {
+    **{k: v.positive_int for k in ("hidden", "num_queries", "encoder_layers", "decoder_layers", "num_heads", "ffn",
+                                   "text_ffn", "fusion_ffn", "num_levels", "num_points", "text_heads", "fusion_heads")},
+    "dn_queries": v.nonneg_int, "label_noise": v.nonneg_number, "box_noise": v.nonneg_number,
+    "dropout": partial(v.number, ge=0, lt=1), "fusion_dropout": partial(v.number, ge=0, lt=1),
+}
+
+
+def check_protocol(task: Any) -> None:
+    """Types and ranges before finetune converts them (int("x") would be a traceback); unknown keys are typos."""
+    p, where = task.protocol, v.at(task, "protocol")
+    v.known_keys(p, (*REQUIRED, *DEFAULTS, "limit"), where)
+    v.fields(p, CHECKS, where)
+    if "dino" in p:
+        v.known_keys(p["dino"], DINO_CHECKS, f"{where}.dino")
+        v.fields(p["dino"], DINO_CHECKS, f"{where}.dino")
+
+
 class GroundingPlugin(Plugin):
     name = "grounding"
     summary = "MM-Grounding-DINO on a fine-tuned registry ViT (ViTDet form); OVD AP and REC P@1 (mmdet or built-in)"
 
     def resolve(self, task: Any, options: RunOptions, backbone: Any) -> dict[str, Any]:
+        check_protocol(task)  # train_data a non-empty list, train_scale within the image (no crops), ...
         # image_size: a multiple of 64, so that the stride-64 level tiles the image
-        p = finetune.resolve_protocol(task, options, backbone, DEFAULTS, REQUIRED, ENGINES, "builtin",
-                                      "tasks/_grounding.yaml", "grounding", size_multiple=4 * VITDET_STRIDE)
-        if not isinstance(p["train_data"], list) or not p["train_data"]:
-            raise UserError(f"task {task.name}: protocol.train_data must be a non-empty list of data blocks")
-        lo, hi = (float(v) for v in p["train_scale"])
-        if not 0 < lo <= hi <= 1:
-            raise UserError(f"protocol.train_scale must satisfy 0 < low <= high <= 1 (no crops), got {p['train_scale']}")
-        return p
+        return finetune.resolve_protocol(task, options, backbone, DEFAULTS, REQUIRED, ENGINES, "builtin",
+                                         "tasks/_grounding.yaml", "grounding", size_multiple=4 * VITDET_STRIDE)
+
+    def metric_names(self, task: Any, protocol: dict[str, Any]) -> set[str] | None:
+        """_rec's P@k for referring expressions; _ap's names for detection (LVIS's evaluator, or COCO's with base
+        and novel AP where the set names novel classes); None where the split's kind is known only from its file."""
+        source = task.data.get("source")
+        opts = (task.data.get(source) or {}) if isinstance(source, str) else {}
+        kind = opts.get("kind") if isinstance(opts, dict) else None
+        if source in ("scenes_rec", "hf") or (source == "mdetr" and kind in (None, "rec")) or kind == "rec":
+            return {f"p_at_{k}" for k in gm.REC_TOPK}
+        if source == "lvis":
+            return set(gm.LVIS_NAMES.values())
+        if source in ("coco", "scenes_ovd") or (source == "odvg" and kind == "detection"):
+            novel = opts.get("held_out" if source == "scenes_ovd" else "novel")
+            groups = [f"{ap}_{g}" for ap in ("ap", "ap50") for g in ("base", "novel")] if novel else []
+            return {*STAT_NAMES, *groups}
+        return None
 
     def backbone_options(self, protocol: dict[str, Any]) -> dict[str, Any]:
         return {"trainable": True, "drop_path_rate": float(protocol["drop_path_rate"]),

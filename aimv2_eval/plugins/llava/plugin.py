@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from aimv2_eval import validate as v
 from aimv2_eval.config import cache_home
 from aimv2_eval.engine import Checkpointer, Progress, autocast
 from aimv2_eval.errors import UserError
@@ -37,6 +39,31 @@ TRAIN_KEYS = ("iterations", "batch_size", "lm_lr", "connector_lr", "min_lr", "we
 DEFAULTS: dict[str, Any] = {"max_length": 2048, "eval_batch_size": 16}
 
 
+# every key each block may hold, and the checks of its values (train.data is the data source's own business)
+BLOCKS: dict[str, dict[str, v.Check]] = {
+    "": {"tower": v.mapping, "lm": v.mapping, "train": v.mapping, "eval": v.mapping, "max_length": v.positive_int,
+         "eval_batch_size": v.positive_int, "limit": v.optional(v.positive_int)},
+    "tower": {"layer": v.integer, "crop": v.optional(v.positive_int), "grid": v.positive_int, "thumbnail": v.boolean},
+    "lm": {"source": v.optional(v.string), "config": v.optional(v.mapping), "chat_template": v.string},
+    "train": {"data": v.mapping, "iterations": v.positive_int, "batch_size": v.positive_int,
+              "lm_lr": v.positive_number, "connector_lr": v.positive_number, "min_lr": v.nonneg_number,
+              "weight_decay": v.nonneg_number, "betas": v.betas, "grad_clip": v.optional(v.nonneg_number),
+              "warmup_iters": v.nonneg_int, "grad_checkpointing": v.boolean, "fsdp": v.boolean,
+              "cache_features": v.boolean, "log_every": v.positive_int, "micro_batch": v.optional(v.positive_int)},
+    "eval": {"prompt": v.text, "metric": partial(v.string, choices=RECORD_KEY),
+             "kind": partial(v.string, choices=KINDS), "max_new_tokens": v.positive_int},
+}
+
+
+def check_protocol(task: Any, p: dict[str, Any]) -> None:
+    """Types and ranges of every field the LLaVA recipe reads, before any work (unknown keys: typos)."""
+    for block, checks in BLOCKS.items():
+        where = v.at(task, f"protocol.{block}" if block else "protocol")
+        values = p[block] if block else p
+        v.known_keys(values, checks, where)
+        v.fields(values, checks, where)
+
+
 class LlavaPlugin(Plugin):
     name = "llava"
     summary = "LLaVA-style instruction tuning (frozen tower + MLP connector + causal LM), generation benchmarks"
@@ -46,18 +73,11 @@ class LlavaPlugin(Plugin):
         for block in ("tower", "lm", "train", "eval"):
             if not isinstance(p.get(block), dict):
                 raise UserError(f"task {task.name}: protocol.{block} must be a mapping (see tasks/_llava_sft.yaml)")
+        check_protocol(task, p)
         missing = [f"train.{k}" for k in TRAIN_KEYS if k not in p["train"]]
         missing += [f"eval.{k}" for k in ("prompt", "metric", "kind", "max_new_tokens") if k not in p["eval"]]
         if missing:
             raise UserError(f"task {task.name}: protocol is missing {', '.join(missing)}")
-        for key in ("iterations", "batch_size", "lm_lr", "connector_lr"):
-            value = p["train"][key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise UserError(f"task {task.name}: protocol.train.{key} must be a positive number, got {value!r}")
-        if p["eval"]["metric"] not in RECORD_KEY:
-            raise UserError(f"task {task.name}: eval.metric must be one of {', '.join(RECORD_KEY)}")
-        if p["eval"]["kind"] not in KINDS:
-            raise UserError(f"task {task.name}: eval.kind must be one of {', '.join(KINDS)}")
         if not backbone.is_vit:
             raise UserError(f"{backbone.name} is a {backbone.family} network: the LLaVA tower reads ViT tokens")
         lm = p["lm"]
@@ -82,6 +102,10 @@ class LlavaPlugin(Plugin):
             p["train"]["batch_size"] = int(options.batch_size)
         p["precision"] = options.precision
         return p
+
+    def metric_names(self, task: Any, protocol: dict[str, Any]) -> set[str]:
+        # summarise() records the eval metric under its paper name; run() adds the count of failed samples
+        return {RECORD_KEY[protocol["eval"]["metric"]], "failed_samples"}
 
     def load_data(self, task: Any, protocol: dict[str, Any], options: RunOptions) -> tuple[Any, Any, Any]:
         from aimv2_eval.data import multimodal as data

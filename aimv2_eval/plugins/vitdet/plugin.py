@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from aimv2_eval import validate as v
 from aimv2_eval.data.detection import DetectionSet, open_detection_split
 from aimv2_eval.data.detection_transforms import (
     LargeScaleJitter,
@@ -25,7 +27,7 @@ from aimv2_eval.data.detection_transforms import (
     unmap_predictions,
 )
 from aimv2_eval.dense import finetune
-from aimv2_eval.dense.vitdet import VITDET_STRIDE, ViTDetBackbone, ViTDetFeatures
+from aimv2_eval.dense.vitdet import PYRAMID_STRIDES, VITDET_STRIDE, ViTDetBackbone, ViTDetFeatures
 from aimv2_eval.engine import (
     Checkpointer,
     ParamSet,
@@ -37,7 +39,7 @@ from aimv2_eval.engine import (
 )
 from aimv2_eval.errors import UserError
 from aimv2_eval.launch.distributed import DistContext, gather_objects, shard
-from aimv2_eval.metrics.coco import coco_evaluate, largest_box_baseline, to_coco_results
+from aimv2_eval.metrics.coco import STAT_NAMES, coco_evaluate, largest_box_baseline, to_coco_results
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
 from aimv2_eval.plugins.vitdet import mmdet_engine
 
@@ -60,13 +62,44 @@ DEFAULTS: dict[str, Any] = {  # detector details the paper leaves to mmdet's def
 }
 
 
+def _global_blocks(value: Any, where: str) -> Any:
+    return value if value == "evenly_spaced" else v.int_list(value, where, ge=0)
+
+
+CHECKS: dict[str, v.Check] = {
+    **v.TRAINING_FIELDS, "engine": partial(v.string, choices=ENGINES), "image_size": v.positive_int,
+    "window": v.optional(v.positive_int), "global_blocks": _global_blocks,
+    "drop_path_rate": partial(v.number, ge=0, lt=1), "layer_decay": partial(v.number, gt=0, le=1),
+    "lsj_scale": partial(v.scale_range, high=None), "feature_norm": v.boolean, "grad_checkpointing": v.boolean,
+    # one anchor size per pyramid level (strides 4 to 64)
+    "anchor_sizes": partial(v.numbers, length=len(PYRAMID_STRIDES), gt=0), "grad_clip": v.optional(v.nonneg_number),
+    "fpn_channels": v.positive_int, "rpn_batch_size_per_image": v.positive_int, "rpn_proposals_train": v.positive_int,
+    "rpn_proposals_test": v.positive_int, "roi_batch_size_per_image": v.positive_int,
+    "max_detections": v.positive_int, "score_threshold": v.probability,
+    # the only optimizer and schedule the training loop implements: anything else would silently run these
+    "optimizer": partial(v.string, choices=("adamw",)), "schedule": partial(v.string, choices=("cosine",)),
+}
+
+
+
+def check_protocol(task: Any) -> None:
+    """Types and ranges before finetune converts them (int("x") would be a traceback); unknown keys are typos."""
+    where = v.at(task, "protocol")
+    v.known_keys(task.protocol, (*REQUIRED, *DEFAULTS, "optimizer", "schedule", "limit"), where)
+    v.fields(task.protocol, CHECKS, where)
+
+
 class VitdetPlugin(Plugin):
     name = "vitdet"
     summary = "ViTDet Mask R-CNN on a fine-tuned registry ViT; COCO box and mask AP (mmdet or torchvision engine)"
 
     def resolve(self, task: Any, options: RunOptions, backbone: Any) -> dict[str, Any]:
+        check_protocol(task)
         return finetune.resolve_protocol(task, options, backbone, DEFAULTS, REQUIRED, ENGINES, "torchvision",
                                          "tasks/coco_vitdet.yaml", "ViTDet")
+
+    def metric_names(self, task: Any, protocol: dict[str, Any]) -> set[str]:
+        return {f"{kind}_{stat}" for kind in ("box", "mask") for stat in STAT_NAMES}  # coco_evaluate's names
 
     def backbone_options(self, protocol: dict[str, Any]) -> dict[str, Any]:
         return {"trainable": True, "drop_path_rate": float(protocol["drop_path_rate"]),
