@@ -314,3 +314,19 @@ def test_hf_source_through_datasets(tmp_path):
     assert sorted(split.labels.tolist()) == [0, 1] and split.image(1).mode == "RGB"
     with pytest.raises(UserError, match="labels span"):
         open_split({**cfg, "num_classes": 1}, "train", tmp_path / "no-local-copy")
+
+
+def test_builtin_tasks_ship_inside_the_package():
+    """tasks/ reaches a non-editable install as aimv2_eval/builtin_tasks: the link points at it and the package-data
+    globs of pyproject.toml take every task file (a wheel copies what they match)."""
+    import tomllib
+
+    import aimv2_eval
+    from aimv2_eval.tasks import BUILTIN_DIR
+
+    repo = Path(__file__).resolve().parents[1]
+    link = Path(aimv2_eval.__file__).parent / "builtin_tasks"
+    assert link.is_symlink() and link.resolve() == BUILTIN_DIR == repo / "tasks"
+    globs = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["aimv2_eval"]
+    shipped = {p for g in globs if g.startswith("builtin_tasks/") for p in link.glob(g.removeprefix("builtin_tasks/"))}
+    assert {p.relative_to(link) for p in shipped} == {p.relative_to(repo / "tasks") for p in (repo / "tasks").rglob("*.y*ml")}

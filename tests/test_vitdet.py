@@ -24,13 +24,13 @@ from aimv2_eval.backbones import create_backbone, describe_backbone, get_spec
 from aimv2_eval.cli import main as cli
 from aimv2_eval.data.detection import open_detection_split
 from aimv2_eval.data.detection_transforms import ResizePad, TransformedDetection, collate_detection, unmap_predictions
+from aimv2_eval.dense import mmdet_glue
+from aimv2_eval.dense.vitdet import PYRAMID_STRIDES, LayerNorm2d, SimpleFPN, ViTDetBackbone
 from aimv2_eval.engine import Checkpointer, ParamSet, build_optimizer, param_groups
 from aimv2_eval.errors import UserError
 from aimv2_eval.metrics.coco import coco_evaluate, to_coco_results
 from aimv2_eval.plugins import RunOptions
-from aimv2_eval.dense import mmdet_glue
 from aimv2_eval.plugins.vitdet import mmdet_engine
-from aimv2_eval.dense.vitdet import PYRAMID_STRIDES, LayerNorm2d, SimpleFPN, ViTDetBackbone
 from aimv2_eval.plugins.vitdet.plugin import VitdetPlugin, build_detector
 from aimv2_eval.tasks import load_task
 
