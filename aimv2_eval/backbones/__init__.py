@@ -121,8 +121,11 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
 
 def describe_backbone(name: str, weights: str | None = None) -> BackboneMeta:
     """The full metadata of a backbone (family, width, depth, patch size, native resolution) without loading
-    weights: a random build on the meta device (a checkpoint on disk is read for its architecture only)."""
+    weights: a random build on the meta device (a checkpoint on disk is read for its architecture only). A
+    `weights` source is checked as the build would check it (for families that can without loading it)."""
     spec = get_spec(name)
+    if weights is not None and spec.check_weights is not None:
+        spec.check_weights(weights)  # a bad checkpoint fails here, before `run` loads any data
     with torch.device("meta"):
         return spec.build(pretrained=False, weights=weights).meta
 

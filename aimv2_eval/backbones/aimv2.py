@@ -9,7 +9,7 @@ checkpoint takes the image as it is (no resize, no crop; trimmed to a multiple o
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,18 @@ from aimv2_eval.backbones.base import (
     register,
     weights_checksum,
 )
-from aimv2_eval.core.checkpoints import from_apple, infer_config, load_encoder, read_checkpoint, to_apple
+from aimv2_eval.core.checkpoints import (
+    checked_config,
+    from_apple,
+    infer_config,
+    is_positive_int,
+    load_encoder,
+    locate_weights,
+    looks_like_hub_id,
+    read_checkpoint,
+    read_json_object,
+    to_apple,
+)
 from aimv2_eval.core.encoder import AIMv2Encoder, EncoderConfig
 from aimv2_eval.core.variants import HEADS_BY_WIDTH, encoder_config
 from aimv2_eval.errors import UserError
@@ -68,7 +79,8 @@ class AIMv2Backbone(Backbone):
 
 
 def aimv2_preprocess(cfg: EncoderConfig, folder: Path | None = None) -> Preprocess:
-    """Preprocessing from a checkpoint folder's preprocessor_config.json, else the published defaults."""
+    """Preprocessing from a checkpoint folder's preprocessor_config.json, else the published defaults. The fields it
+    reads must be well formed (positive sizes, a known resample filter, one mean / std per RGB channel, std > 0)."""
     native = cfg.pos_embed == "sincos"
     if native:
         default = Preprocess(cfg.image_size, resize=None, crop=False, multiple_of=cfg.patch_size)
@@ -77,11 +89,20 @@ def aimv2_preprocess(cfg: EncoderConfig, folder: Path | None = None) -> Preproce
     path = folder / "preprocessor_config.json" if folder else None
     if path is None or not path.is_file():
         return default
-    pc = json.loads(path.read_text())
+    pc = read_json_object(path)
     size = pc.get("size") or {}
     crop = pc.get("crop_size") or {}
     resize = size.get("shortest_edge") if isinstance(size, dict) else size
     crop_size = crop.get("height") if isinstance(crop, dict) else crop
+    for key, value in (("size", resize), ("crop_size", crop_size)):
+        if value is not None and not is_positive_int(value):
+            raise UserError(f"{path}: {key} must be a positive number of pixels, got {value!r}; fix or re-download it")
+    for key in ("do_resize", "do_center_crop"):
+        if pc.get(key) is not None and not isinstance(pc[key], bool):
+            raise UserError(f"{path}: {key} must be true or false, got {pc[key]!r}; fix or re-download it")
+    resample = pc.get("resample")
+    if resample is not None and (isinstance(resample, bool) or resample not in _PIL_RESAMPLE):
+        raise UserError(f"{path}: resample must be a PIL filter number (0-5), got {resample!r}; fix or re-download it")
     do_resize = pc.get("do_resize", resize is not None) and resize is not None
     do_crop = pc.get("do_center_crop", crop_size is not None) and crop_size is not None
     return Preprocess(
@@ -89,10 +110,23 @@ def aimv2_preprocess(cfg: EncoderConfig, folder: Path | None = None) -> Preproce
         resize=int(resize) if do_resize and resize is not None else None,
         crop=bool(do_crop),
         interpolation=_PIL_RESAMPLE.get(pc.get("resample", 3), "bicubic"),
-        mean=tuple(pc.get("image_mean", OPENAI_CLIP_MEAN)),
-        std=tuple(pc.get("image_std", OPENAI_CLIP_STD)),
+        mean=_per_channel(pc, "image_mean", OPENAI_CLIP_MEAN, path),
+        std=_per_channel(pc, "image_std", OPENAI_CLIP_STD, path),
         multiple_of=1 if do_crop else cfg.patch_size,
     )
+
+
+def _per_channel(pc: dict, key: str, default: tuple[float, float, float], path: Path) -> tuple[float, float, float]:
+    """image_mean / image_std: three finite numbers (std positive: images are divided by it)."""
+    value = pc.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, list) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok or (key == "image_std" and min(value) <= 0):
+        need = "three positive numbers" if key == "image_std" else "three numbers"
+        raise UserError(f"{path}: {key} must be {need}, one per RGB channel, got {value!r}; fix or re-download it")
+    return value[0], value[1], value[2]
 
 
 def backbone_from_source(name: str, source: str | Path) -> AIMv2Backbone:
@@ -103,10 +137,19 @@ def backbone_from_source(name: str, source: str | Path) -> AIMv2Backbone:
 
 
 def random_from_source(name: str, source: str | Path) -> AIMv2Backbone:
-    """The architecture of a checkpoint with random weights (reads the file only to infer the config)."""
-    ckpt = read_checkpoint(source)
-    cfg = infer_config(ckpt.encoder_state, ckpt.config)
+    """The architecture of a checkpoint with random weights (reads names and shapes only, to infer the config)."""
+    cfg = checked_config(read_checkpoint(source, device="meta"))
     return AIMv2Backbone(AIMv2Encoder(cfg), name, aimv2_preprocess(cfg))
+
+
+def check_source(source: str | Path) -> None:
+    """What `backbone_from_source` would reject (config.json, preprocessor_config.json, weight files, each
+    tensor's name and shape), found without loading any weights; a hub id that is not cached (and the machine
+    online) is left to the build, which downloads it."""
+    if looks_like_hub_id(str(source)) and locate_weights(source, download=False) is None:
+        return
+    ckpt = read_checkpoint(source, device="meta")
+    aimv2_preprocess(checked_config(ckpt), ckpt.weights_path.parent)
 
 
 def backbone_from_state(name: str, encoder_state: dict[str, torch.Tensor], config: dict, weights_path: Path,
@@ -116,7 +159,7 @@ def backbone_from_state(name: str, encoder_state: dict[str, torch.Tensor], confi
     config: the checkpoint's vision config (may be empty); weights_path: the file they came from, for the error
     message, the preprocessing (its folder's preprocessor_config.json) and the weights id (its sha256 unless given).
     """
-    cfg = infer_config(encoder_state, config)
+    cfg = infer_config(encoder_state, config, weights_path)
     encoder = AIMv2Encoder(cfg)
     load_state_strict(encoder, encoder_state, "image encoder", weights_path)
     pre = aimv2_preprocess(cfg, weights_path.parent)
@@ -188,6 +231,7 @@ for _rel in _releases():
             weights_present=partial(_release_present, _rel),
             aliases=_aliases(_rel),
             description="AIMv2 " + ("native resolution" if _rel.native else f"{_rel.size} {_rel.resolution}px"),
+            check_weights=check_source,
         )
     )
 
@@ -218,5 +262,6 @@ register(
         source=str(TINY_DIR),
         weights_present=_tiny_present,
         description="the project's tiny AIMv2, pretrained by its own core",
+        check_weights=check_source,
     )
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from aimv2_eval.core.checkpoints import hub_offline  # shared with the core; text encoders import it from here
 from aimv2_eval.errors import UserError
 from aimv2_eval.registry import Registry
 
@@ -362,6 +362,9 @@ class BackboneSpec:
     params: int | None = None  # known parameter count, if cheap to state
     aliases: tuple[str, ...] = ()
     description: str = ""
+    # check_weights(source): what a build from `source` would reject, found without loading weights (None: no
+    # such check); `describe_backbone` runs it, so `run` fails before it loads any data
+    check_weights: Callable[[str], None] | None = None
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -382,16 +385,6 @@ def register_resolver(resolver: Resolver) -> Resolver:
 
 
 # ---------------------------------------------------------------- loading helpers shared by the families
-def hub_offline() -> bool:
-    """True when Hugging Face downloads are switched off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def hf_cached(repo_id: str, filenames: Sequence[str]) -> Path | None:
     """The first of `filenames` that sits in the local Hugging Face cache for `repo_id`, without any network call."""
     from huggingface_hub import try_to_load_from_cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from aimv2_eval.backbones.aimv2 import AIMv2Backbone, backbone_from_source, random_from_source
+from aimv2_eval.backbones.aimv2 import AIMv2Backbone, backbone_from_source, check_source, random_from_source
 from aimv2_eval.backbones.base import BackboneSpec, register_resolver
 from aimv2_eval.errors import UserError
 
@@ -35,4 +35,5 @@ def resolve_checkpoint(name: str) -> BackboneSpec | None:
         source=str(path),
         weights_present=path.exists,
         description="AIMv2 checkpoint on disk",
+        check_weights=check_source,
     )

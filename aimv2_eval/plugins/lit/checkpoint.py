@@ -34,6 +34,7 @@ from aimv2_eval.backbones import (
     read_weights,
     weights_checksum,
 )
+from aimv2_eval.core.checkpoints import check_config_fields, config_section
 from aimv2_eval.errors import UserError
 from aimv2_eval.io import atomic_write, write_text_atomic
 from aimv2_eval.plugins.lit.model import LiT
@@ -109,6 +110,8 @@ class LiTCheckpoint:
 def read_lit(source: str | Path) -> LiTCheckpoint:
     """A LiT checkpoint from a directory (config.json + weights), a weights file or a hub id, in Apple's scheme."""
     raw, config, path = read_weights(source, "LiT checkpoint", f"a hub id such as {LIT_HUB_ID}")
+    for key in ("vision_config", "text_config"):  # each tower reads its section as an object
+        config_section(config, key, path.parent / "config.json")
     scheme = detect_lit_scheme(raw)
     state = hf_to_apple(raw) if scheme == "hf" else dict(raw)
     return LiTCheckpoint(state, config, scheme, path)
@@ -139,7 +142,15 @@ def build_lit(ckpt: LiTCheckpoint, backbone: Backbone | None = None, strict_towe
                if k not in state]
     if missing:
         raise UserError(f"{ckpt.weights_path} is not a complete LiT checkpoint: missing {', '.join(missing)}")
-    vision_cfg = ckpt.config.get("vision_config") or {}
+    config_file = ckpt.weights_path.parent / "config.json"
+    vision_cfg = check_config_fields(config_section(ckpt.config, "vision_config", config_file), config_file)
+    for key, ndim in (("image_encoder.head.cls_token", 3), ("image_projector.weight", 2), ("text_projector.weight", 2)):
+        if state[key].ndim != ndim:
+            raise UserError(f"{ckpt.weights_path}: {key} has shape {tuple(state[key].shape)}, not {ndim}-D; "
+                            "re-download the checkpoint")
+    if state["log_logit_scale"].numel() != 1:
+        raise UserError(f"{ckpt.weights_path}: log_logit_scale holds {state['log_logit_scale'].numel()} values, not "
+                        "one; re-download the checkpoint")
     encoder_state = {k[len("image_encoder."):]: v for k, v in state.items()
                      if k.startswith(("image_encoder.preprocessor.", "image_encoder.trunk."))}
     head_state = _prefixed(state, "image_encoder.head.")
