@@ -10,3 +10,17 @@ class UserError(Exception):
 
     The message must say what is wrong and what to do, in one line.
     """
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        # torch re-raises a DataLoader worker's exception as `type(exc)(text)`, the text being "Caught ... in
+        # DataLoader worker process N" and the worker's whole traceback: keep only the original message (the
+        # traceback's last line), so the CLI prints one line whoever fetched the batch.
+        if _WORKER_MARK in text:
+            name = f"{type(self).__module__}.{type(self).__qualname__}: "
+            last = text.strip().splitlines()[-1]
+            text = last[last.find(name) + len(name):] if name in last else last
+        super().__init__(text)
+
+
+_WORKER_MARK = "Original Traceback (most recent call last):"

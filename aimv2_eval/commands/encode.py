@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="local directory, file or hub id overriding the backbone's weights")
     p.add_argument("--random-init", action="store_true", help="random weights (no download); for smoke tests")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
 
 
@@ -43,24 +43,43 @@ def collect_images(paths: list[str]) -> list[Path]:
     return found
 
 
+def check_out(raw: str) -> Path:
+    """The tokens file and its .json sidecar can both be written (checked before any image or weight loads)."""
+    from aimv2_eval.paths import writable_file
+
+    out = writable_file(raw, "--out", example="tokens.safetensors")
+    if out.with_suffix(".json") == out:
+        raise UserError(f"--out {raw}: the file list and grids go to a .json beside the tokens, so the tokens "
+                        "cannot be a .json; give a .safetensors file")
+    sidecar = out.with_suffix(".json")
+    if sidecar.is_dir():
+        raise UserError(f"--out {raw}: its file list goes to {sidecar}, which is a folder; remove it or choose "
+                        "another --out")
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from aimv2_eval.backbones import build_eval_transform, create_backbone
     from aimv2_eval.data.images import open_image
+    from aimv2_eval.launch.distributed import resolve_device
 
+    if not str(args.backbone).strip():
+        raise UserError("--backbone is empty; give a name (`aimv2-eval list backbones`)")
+    out_path = check_out(args.out)
+    device = resolve_device(args.device)
     files = collect_images(args.images)
-    backbone = create_backbone(args.backbone, pretrained=not args.random_init, weights=args.weights).to(args.device)
+    backbone = create_backbone(args.backbone, pretrained=not args.random_init, weights=args.weights).to(device)
     transform = build_eval_transform(backbone.preprocess)
     tensors, grids = {}, []
     start = time.perf_counter()
     with torch.inference_mode():
         for i, f in enumerate(files):
-            out = backbone.tokens(transform(open_image(f))[None].to(args.device))
+            out = backbone.tokens(transform(open_image(f))[None].to(device))
             tensors[f"image/{i}"] = out.tokens[0].float().cpu().contiguous()
             grids.append(list(out.grid))
     elapsed = time.perf_counter() - start
-    out_path = Path(args.out)
     meta = {"backbone": backbone.meta.name, "weights_id": backbone.weights_id,
             "files": json.dumps([str(f) for f in files]), "grids": json.dumps(grids)}
     atomic_write(out_path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aimv2_eval.errors import UserError
 from aimv2_eval.report import leaderboard, references, store
 
 DEFAULT_RECORDS = Path("records")
@@ -14,7 +15,7 @@ DEFAULT_OUT = Path("results/leaderboard/leaderboard.csv")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="folder of result records (%(default)s)")
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT,
+        "--out", default=str(DEFAULT_OUT),
         help="leaderboard CSV; the .md, per-table CSVs and .png are written beside it (%(default)s)",
     )
     parser.add_argument(
@@ -23,15 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_out(raw: str) -> Path:
+    """Every file the leaderboard writes can be written: checked before any record is read."""
+    from aimv2_eval.paths import writable_file
+
+    out = writable_file(raw, "--out", example="leaderboard.csv")
+    for path in leaderboard.output_paths(out)[1:]:
+        if path.is_dir():
+            raise UserError(f"--out {raw}: the leaderboard also writes {path}, which is a folder; remove it or "
+                            "choose another --out")
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
-    records = store.load_records(args.records)
+    out = check_out(args.out)
+    records = store.load_for_report(args.records, "leaderboard")
     paths = args.references or [references.PAPER_DIR]
     index = references.Index(references.load(paths))
     board = leaderboard.build(records, index)
-    for path in leaderboard.write_all(board, args.out):
+    for path in leaderboard.write_all(board, out):
         print(path)
-    if not records:
-        print(f"note: no records under {args.records}; the tables are empty")
     for note in board.notes:
         print(f"note: {note}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 import yaml
 
@@ -22,11 +23,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
 
 
+def check_outputs(cfg: dict) -> None:
+    """The device and the output folders, before any data, tokenizer or model is built."""
+    from aimv2_eval.errors import UserError
+    from aimv2_eval.launch.distributed import parse_device, resolve_device
+    from aimv2_eval.paths import writable_dir
+
+    r = cfg.get("run")
+    if not isinstance(r, dict):
+        raise UserError("the recipe's `run` is not a mapping; fix the YAML (see configs/pretrain/tiny.yaml)")
+    resolve_device(r.get("device"), flag="run.device")
+    r["device"] = parse_device(r.get("device"), "run.device")  # the spelling the loop's torch.device takes
+    for key in ("out_dir", "export_dir"):
+        value = r.get(key)
+        if key == "export_dir" and not value:  # none: the model stays in out_dir
+            continue
+        if not isinstance(value, str | Path):
+            raise UserError(f"run.{key} must be a folder path, got {value!r}; set run.{key}=DIR")
+        writable_dir(value, f"run.{key}")
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg, sort_keys=False))
         return 0
+    check_outputs(cfg)
     command = " ".join(["aimv2-eval pretrain --config", shlex.quote(str(args.config)),
                         *(shlex.quote(o) for o in args.overrides)])
     summary = run(cfg, command)

@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     overall, per_metric = references.parse_tolerances(args.tolerance)
     paths = args.references or references.default_paths()
     index = references.Index(references.load(paths))
-    records = store.load_records(args.records)
+    records = store.load_for_report(args.records, "regress")
     result = regress.compare(records, index, overall, per_metric)
     if not result.checks:
         for line in result.skip_lines():

@@ -2,12 +2,16 @@
 
 Every encoder takes 3-channel 8-bit input, but files come in any PIL mode: palette, greyscale with or without
 alpha, 16-bit or float greyscale (medical and satellite scans), CMYK JPEGs. `to_rgb` converts each of them the
-same way everywhere; an image PIL cannot decode or convert is a `UserError` naming it.
+same way everywhere; an image PIL cannot decode or convert is an `ImageError` (a `UserError`) naming it, also
+when it is raised inside a DataLoader worker process. Images larger than PIL's decompression-bomb limit
+(`Image.MAX_IMAGE_PIXELS`) are refused before they are decoded.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,14 @@ from aimv2_eval.errors import UserError
 # Greyscale wider than 8 bits: a plain convert would clip at 255, so these are rescaled to their own range.
 WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+# What PIL raises for a file it cannot decode: truncated, corrupt, not an image, a bomb (its warning made an error).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
+                 Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+class ImageError(UserError):
+    """One image that cannot be decoded or converted; the message names it and says what to do (one line even when
+    a DataLoader worker raised it: `UserError` keeps the worker's message only)."""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -44,7 +56,7 @@ def to_rgb(img: Image.Image | np.ndarray, where: str = "") -> Image.Image:
         try:
             img = Image.fromarray(arr)
         except (TypeError, ValueError) as exc:
-            raise UserError(f"{what}: an array of shape {arr.shape} and dtype {arr.dtype} is not an image "
+            raise ImageError(f"{what}: an array of shape {arr.shape} and dtype {arr.dtype} is not an image "
                             f"({_first_line(exc)}); store it as uint8 HxW or HxWx3") from None
     if img.mode == "RGB":
         return img
@@ -59,7 +71,7 @@ def to_rgb(img: Image.Image | np.ndarray, where: str = "") -> Image.Image:
             return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         return img.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise UserError(f"cannot convert {what} from mode {mode} to RGB ({_first_line(exc)}); "
+        raise ImageError(f"cannot convert {what} from mode {mode} to RGB ({_first_line(exc)}); "
                         "re-save it as RGB") from None
 
 
@@ -67,9 +79,15 @@ def open_image(src: str | Path | bytes, where: str | None = None) -> Image.Image
     """Decode an image file (or its bytes) fully and return it as RGB; the file is closed on return."""
     where = where if where is not None else str(src) if not isinstance(src, bytes) else "(bytes)"
     try:
-        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
-            img.load()
-            return to_rgb(img, where)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"cannot read image {where} ({type(exc).__name__}: {_first_line(exc)}); "
-                        "remove or replace the file") from None
+        with warnings.catch_warnings():
+            # PIL only warns between one and two times its limit, then decodes gigabytes: refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
+                img.load()
+                return to_rgb(img, where)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image {where} is too large to decode safely ({_first_line(exc).rstrip('.')}); "
+                         "shrink or remove it, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine") from None
+    except DECODE_ERRORS as exc:
+        raise ImageError(f"cannot read image {where} ({type(exc).__name__}: {_first_line(exc)}); "
+                         "remove or replace the file") from None

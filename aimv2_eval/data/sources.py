@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from aimv2_eval.data.images import open_image, to_rgb
+from aimv2_eval.data.images import DECODE_ERRORS, ImageError, open_image, to_rgb
 from aimv2_eval.data.scenes import SceneDataset
 from aimv2_eval.errors import UserError
 
@@ -66,7 +66,13 @@ class _HFImages:
         self.ds, self.image_key = ds, image_key
 
     def __call__(self, i: int) -> Image.Image:
-        img = self.ds[int(i)][self.image_key]
+        try:  # `datasets` decodes the image itself, with PIL: its errors name no file
+            img = self.ds[int(i)][self.image_key]
+        except tuple(e for e in DECODE_ERRORS if e is not IndexError) as exc:  # IndexError: a bad index, a bug
+            name = getattr(self.ds.info, "dataset_name", None) or "the HF dataset"
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ImageError(f"cannot read image {i} of {name} ({type(exc).__name__}: {reason}); "
+                             "fix or filter out that row") from None
         if not isinstance(img, Image.Image):
             raise UserError(f"column {self.image_key!r} of {self.ds.info.dataset_name} is not an image; fix data.hf.image_key")
         return img

@@ -7,6 +7,7 @@ group (NCCL on CUDA, gloo on CPU). With a world of one every helper is a no-op, 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -31,18 +32,51 @@ class DistContext:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' picks CUDA when present; a bare 'cuda' under torchrun means this process's local GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for a GPU but torch sees none; use --device cpu")
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _use(flag: str, value: str) -> str:
+    """How to set `flag` to `value`: `--device cpu` on a command line, `run.device=cpu` in a recipe override."""
+    return f"{flag} {value}" if flag.startswith("-") else f"{flag}={value}"
+
+
+def parse_device(name: str | None, flag: str = "--device") -> str:
+    """The device name in canonical form, checked for spelling only (no hardware is looked at): a sweep plans
+    cells for other machines. One of auto, cpu, cuda, cuda:N, mps."""
+    text = "" if name is None else str(name).strip().lower()
+    if not text:
+        raise UserError(f"{flag} is empty; use {DEVICES}")
+    if text in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise UserError(f"unknown {flag} {str(name)!r}; use {DEVICES}")
+
+
+def resolve_device(name: str | None, local_rank: int = 0, flag: str = "--device") -> torch.device:
+    """The torch device for `name`, checked against this machine: a missing GPU fails here, in one line, before
+    any data or weights load. 'auto' picks CUDA when present; a bare 'cuda' under torchrun means this process's
+    local GPU."""
+    text = parse_device(name, flag)
+    cuda = torch.cuda.is_available()
+    if text == "auto":
+        text = "cuda" if cuda else "cpu"
+    if text.startswith("cuda"):
+        if not cuda:
+            build = "" if torch.version.cuda else ", a build without CUDA"
+            raise UserError(f"{flag} {text} asks for a CUDA GPU but torch {torch.__version__}{build} sees none; "
+                            f"use {_use(flag, 'cpu')}")
+        index = local_rank if text == "cuda" else int(text.split(":")[1])
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"{flag} {text}: there is no cuda:{index}, torch sees {count} GPU(s) "
+                            f"(cuda:0..cuda:{count - 1}); pick one of them or check CUDA_VISIBLE_DEVICES")
+        return torch.device(f"cuda:{index}")
+    if text == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            other = "cuda" if cuda else "cpu"
+            raise UserError(f"{flag} mps asks for an Apple-silicon GPU (Metal), which this machine or torch build "
+                            f"does not have; use {_use(flag, other)}")
+    return torch.device(text)
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -361,6 +361,13 @@ def plot(lb: Leaderboard, path: Path) -> Path | None:
     return path
 
 
+def output_paths(out_csv: Path) -> list[Path]:
+    """What `write_all` may write, the CSV first: the markdown, one CSV per paper layout, the PNG."""
+    out_csv = Path(out_csv)
+    return [out_csv, out_csv.with_suffix(".md"), *(out_csv.with_name(f"{out_csv.stem}_{name}.csv") for name in LAYOUTS),
+            out_csv.with_suffix(".png")]
+
+
 def write_all(lb: Leaderboard, out_csv: Path) -> list[Path]:
     """leaderboard.csv, .md (with the paper layouts), one CSV per paper layout, and the PNG, side by side."""
     out_csv = Path(out_csv)
