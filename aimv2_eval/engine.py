@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import random
 import sys
 import time
@@ -192,12 +193,17 @@ class Checkpointer:
         """The saved state (RNG states restored), or None when there is none."""
         if self.path is None or not self.path.is_file():
             return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"cannot read checkpoint {self.path} ({type(exc).__name__}); delete it to start over") from None
+        # imported here: the core imports this module, and the checkpoint reader lives in the core
+        from aimv2_eval.core.checkpoints import torch_load_checked
+
+        fix = "delete it to start over"
+        state = torch_load_checked(self.path, "checkpoint", fix, unsafe_fix=fix)  # one line for empty, damaged, unsafe
+        if not isinstance(state, dict):
+            raise UserError(f"{self.path} is not a resumable training state (it holds a {type(state).__name__}); {fix}")
         if state.get("fingerprint") != self.fingerprint:
             raise UserError(f"{self.path} was written by another run (a different recipe or protocol); {self.fix}")
+        if not isinstance(state.get("rng"), dict):
+            raise UserError(f"{self.path} is an incomplete training state (no random-generator states); {fix}")
         set_rng_state(state["rng"])
         return state
 
@@ -226,19 +232,24 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- progress
 class Progress:
-    """A tqdm bar on a terminal; in a piped log, about `lines` readable lines (plus the last), not one per step."""
+    """One tqdm bar per loop on a terminal. In a piped log, or with --no-progress (`enabled=False`), no bar but a few
+    readable lines: `epoch()` prints one per epoch (loss, img/s, ...); a loop without epochs prints about `lines`
+    (plus the last) instead of one per step. Only rank 0 of a torchrun job prints anything."""
 
-    def __init__(self, total: int, desc: str, unit: str = "step", enabled: bool = True, lines: int = 5) -> None:
+    def __init__(self, total: int, desc: str, unit: str = "step", enabled: bool = True, lines: int = 5,
+                 epochs: tuple[int, int] | None = None) -> None:
+        """`epochs`: (epochs already done, epochs in all) of an epoch loop, which reports through `epoch()`."""
         self.total, self.desc, self.unit = max(0, int(total)), desc, unit
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
+        self.main = os.environ.get("RANK", "0") == "0"
+        self.tty = enabled and self.main and sys.stderr.isatty()
         self.done, self.start = 0, time.perf_counter()
-        self.every = max(1, self.total // max(1, lines))
+        self.every = max(1, self.total // lines) if lines > 0 and epochs is None else None
         self.bar = None
         if self.tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, desc=desc, unit=unit, dynamic_ncols=True)
+            title = f"{desc} (epoch {epochs[0] + 1}/{epochs[1]})" if epochs else desc
+            self.bar = tqdm(total=self.total, desc=title, unit=unit, dynamic_ncols=True)
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         before, self.done = self.done, self.done + n
@@ -246,16 +257,30 @@ class Progress:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(**postfix, refresh=False)
-        elif self.enabled and (before // self.every != self.done // self.every or self.done == self.total):
+        elif self.main and self.every and (before // self.every != self.done // self.every or self.done == self.total):
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
             extra = " ".join(f"{k}={v}" for k, v in postfix.items())
-            print(f"{self.desc}: {self.done}/{self.total} {self.unit}s, {rate:.1f} {self.unit}/s {extra}".rstrip(),
-                  file=sys.stderr, flush=True)
+            self._print(f"{self.desc}: {self.done}/{self.total} {self.unit}s, {rate:.1f} {self.unit}/s {extra}".rstrip())
+
+    def epoch(self, done: int, epochs: int, **values: Any) -> None:
+        """The line of a finished epoch (`done` of `epochs`), printed on rank 0 even with --no-progress; the bar's
+        title moves on to the next epoch."""
+        if not self.main:
+            return
+        self._print(f"{self.desc}: epoch {done}/{epochs}" + "".join(f", {k} {v}" for k, v in values.items()))
+        if self.bar is not None and done < epochs:
+            self.bar.set_description(f"{self.desc} (epoch {done + 1}/{epochs})")
+
+    def _print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)  # above the bar, which stays at the bottom
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     @property
     def watched(self) -> bool:
         """Whether a postfix would be shown now (reading a loss waits for the device: only when someone looks)."""
-        return self.bar is not None or (self.enabled and (self.done + 1) % self.every == 0)
+        return self.bar is not None or bool(self.main and self.every and (self.done + 1) % self.every == 0)
 
     def close(self) -> None:
         if self.bar is not None:

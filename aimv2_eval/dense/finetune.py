@@ -79,7 +79,8 @@ def train_epochs(model: nn.Module, optim: torch.optim.Optimizer, schedule: Sched
     per_epoch = steps_per_epoch(positions, batch_size)
     start_epoch, history = checkpointer.resume(model, optim, options.resume)
     wrapped = wrap_ddp(model, ctx.device) if ctx.distributed else model
-    bar = Progress((epochs - start_epoch) * per_epoch, desc, enabled=options.progress and ctx.is_main)
+    bar = Progress((epochs - start_epoch) * per_epoch, desc, enabled=options.progress and ctx.is_main,
+                   epochs=(start_epoch, epochs))
     trainable = [q for q in model.parameters() if q.requires_grad]
     start, images_seen = time.perf_counter(), 0
     for epoch in range(start_epoch, epochs):
@@ -108,6 +109,8 @@ def train_epochs(model: nn.Module, optim: torch.optim.Optimizer, schedule: Sched
         history.append(round(float(mean[0] / max(1.0, float(mean[1]))), 5))
         if ctx.is_main:
             checkpointer.save_epoch(model, optim, epoch + 1, history)
+        rate = images_seen / max(time.perf_counter() - start, 1e-9)
+        bar.epoch(epoch + 1, epochs, loss=f"{history[-1]:.4f}", **{"img/s": f"{rate:.1f}"})
     bar.close()
     return history, round(images_seen / max(time.perf_counter() - start, 1e-9), 3)
 

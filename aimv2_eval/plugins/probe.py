@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aimv2_eval import validate as v
 from aimv2_eval.data.sources import LabelledImages, limit, open_split, stratified_holdout
 from aimv2_eval.data.threads import one_thread
 from aimv2_eval.engine import (
@@ -48,7 +50,8 @@ from aimv2_eval.engine import (
     wrap_ddp,
 )
 from aimv2_eval.errors import UserError
-from aimv2_eval.io import write_text_atomic
+from aimv2_eval.faults import fail_point
+from aimv2_eval.io import remove_stale_temps, temp_prefix, write_text_atomic
 from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, barrier, broadcast_object, shard
 from aimv2_eval.metrics import TOPK, topk_correct
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
@@ -263,46 +266,99 @@ class FeatureCache:
         return np.load(self.dir / "tokens.npy", mmap_mode="r")
 
     def build(self, backbone: Any, split: LabelledImages, transform: Callable, batch_size: int, workers: int,
-              ctx: DistContext, precision: str, progress: bool) -> float:
+              ctx: DistContext, precision: str, progress: bool, split_name: str = "") -> float:
         """Encode every sample of `split`; returns images/s of this rank."""
-        tmp = self.dir.parent / broadcast_object(f".{self.dir.name}.{uuid.uuid4().hex[:8]}.tmp", ctx)
-        if ctx.is_main:
-            tmp.mkdir(parents=True, exist_ok=True)
-            x0, _ = SampleSet(split, transform, 0, False)[0]
-            shape = tuple(encode(backbone, x0[None], ctx.device, precision).shape[1:])
-            np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=np.float16, shape=(len(split), *shape)).flush()
-        barrier(ctx)
-        out = np.load(tmp / "tokens.npy", mmap_mode="r+")
-        mine = shard(list(range(len(split))), ctx)
-        batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-        loader = torch.utils.data.DataLoader(SampleSet(split, transform, 0, False), batch_sampler=batches,
-                                             num_workers=workers)
-        start, done = time.perf_counter(), 0
-        bar = Progress(len(mine), f"caching {split.identity[:40]}", unit="img", enabled=progress and ctx.is_main)
-        for idx, (x, _) in zip(batches, loader):
-            out[idx] = encode(backbone, x, ctx.device, precision).cpu().numpy().astype(np.float16)
-            done += len(idx)
-            bar.update(len(idx))
-        bar.close()
-        out.flush()
-        del out
-        barrier(ctx)
-        if ctx.is_main:
-            (tmp / "meta.json").write_text(json.dumps({"identity": split.identity, "n": len(split)}))
-            if self.complete:  # another run finished the same cache first
+        tmp = self.dir.parent / broadcast_object(f"{temp_prefix(self.dir)}{uuid.uuid4().hex[:8]}.tmp", ctx)
+        try:
+            if ctx.is_main:
+                remove_stale_temps(self.dir)  # what a killed build of this cache left
+                tmp.mkdir(parents=True, exist_ok=True)
+                x0, _ = SampleSet(split, transform, 0, False)[0]
+                shape = tuple(encode(backbone, x0[None], ctx.device, precision).shape[1:])
+                np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=np.float16, shape=(len(split), *shape)).flush()
+            barrier(ctx)
+            out = np.load(tmp / "tokens.npy", mmap_mode="r+")
+            mine = shard(list(range(len(split))), ctx)
+            batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+            loader = torch.utils.data.DataLoader(SampleSet(split, transform, 0, False), batch_sampler=batches,
+                                                 num_workers=workers)
+            start, done = time.perf_counter(), 0
+            bar = Progress(len(mine), f"caching frozen {split_name} tokens".replace("  ", " "), unit="img",
+                           enabled=progress, lines=1)
+            for idx, (x, _) in zip(batches, loader):
+                out[idx] = encode(backbone, x, ctx.device, precision).cpu().numpy().astype(np.float16)
+                fail_point("feature-cache")  # the crash tests kill here: half a cache on disk
+                done += len(idx)
+                bar.update(len(idx))
+            bar.close()
+            out.flush()
+            del out
+            barrier(ctx)
+            if ctx.is_main:
+                (tmp / "meta.json").write_text(json.dumps({"identity": split.identity, "n": len(split)}))
+                if self.complete:  # another run finished the same cache first
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    os.replace(tmp, self.dir)
+            barrier(ctx)
+            return done / max(time.perf_counter() - start, 1e-9)
+        except BaseException:
+            if ctx.is_main:  # a failed build (a bad image, an interrupt) leaves no half-written cache
                 shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                os.replace(tmp, self.dir)
-        barrier(ctx)
-        return done / max(time.perf_counter() - start, 1e-9)
+            raise
 
 
 # ---------------------------------------------------------------- the plugin
-def _floats(values: Any, what: str) -> list[float]:
-    try:
-        return [float(v) for v in (values if isinstance(values, list | tuple) else [values])]
-    except (TypeError, ValueError):
-        raise UserError(f"protocol.{what} must be numbers, got {values!r}") from None
+PROTOCOL_KEYS = ("optimizer", "betas", "lr_grid", "wd_grid", "min_lr", "schedule", "batch_size", "grad_clip",
+                 "warmup_epochs", "epochs", "image_size", "augment", "head", "selection", "limit", "feature_cache")
+AUGMENT_KEYS = ("scale", "ratio", "interpolation", "hflip", "color_jitter", "auto_augment", "force_color_jitter")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos", "random")  # timm's names
+AUTO_AUGMENT = ("rand", "augmix", "original", "v0", "3a")  # how timm's policy strings start
+
+
+def _image_size(value: Any, where: str) -> Any:
+    return value if value == "native" else v.positive_int(value, where)
+
+
+def _auto_augment(value: Any, where: str) -> Any:
+    if not isinstance(value, str) or not value.startswith(AUTO_AUGMENT):
+        raise v.fail(where, f"null or a timm policy string starting with {', '.join(AUTO_AUGMENT)} "
+                            "(e.g. rand-m9-mstd0.5-inc1)", value)
+    return value
+
+
+def check_protocol(task: Any, p: dict[str, Any]) -> None:
+    """Every field the probe reads, before any work: a wrong type would surface mid-run as a traceback, and a
+    misspelt key would silently fall back to a default."""
+    where = v.at(task, "protocol")
+    v.known_keys(p, PROTOCOL_KEYS, where)
+    v.fields(p, {
+        **v.TRAINING_FIELDS, "lr_grid": partial(v.numbers, scalar=True, gt=0),
+        "wd_grid": partial(v.numbers, scalar=True, ge=0), "grad_clip": v.nonneg_number,
+        "warmup_epochs": v.nonneg_number, "image_size": _image_size, "feature_cache": v.boolean,
+        # the only optimizer and schedule the probe implements: anything else would silently run these
+        "optimizer": partial(v.string, choices=("adamw",)), "schedule": partial(v.string, choices=("cosine",)),
+        "augment": v.mapping, "head": v.mapping, "selection": v.mapping,
+    }, where)
+    blocks = {  # block -> (its keys, their checks)
+        "augment": (AUGMENT_KEYS, {
+            "scale": v.scale_range, "ratio": partial(v.scale_range, high=None),
+            "interpolation": partial(v.string, choices=INTERPOLATIONS), "hflip": v.probability,
+            "color_jitter": v.nonneg_number, "auto_augment": v.optional(_auto_augment),
+            "force_color_jitter": v.boolean}),
+        "head": (("num_heads", "norm_eps"), {"num_heads": v.positive_int, "norm_eps": v.positive_number}),
+        # heads are chosen on validation top-1 (_ProbeRun._result): the only selection metric there is
+        "selection": (("metric", "val_fraction", "split_seed"), {
+            "metric": partial(v.string, choices=("top1",)), "val_fraction": partial(v.number, ge=0, lt=1),
+            "split_seed": v.nonneg_int}),
+    }
+    for block, (keys, checks) in blocks.items():
+        if block in p:
+            v.known_keys(p[block], keys, f"{where}.{block}")
+            v.fields(p[block], checks, f"{where}.{block}")
+    if "num_classes" not in task.data:
+        raise UserError(f"{v.at(task, 'data.num_classes')} is missing; the probe's classifier needs the number of "
+                        "classes (e.g. num_classes: 10)")
 
 
 class ProbePlugin(Plugin):
@@ -312,14 +368,15 @@ class ProbePlugin(Plugin):
     # ------------------------------------------------------------ protocol
     def resolve(self, task: Any, options: RunOptions, backbone: Any) -> dict[str, Any]:
         p = json.loads(json.dumps(task.protocol))  # deep copy of plain data
+        check_protocol(task, p)
         for key in ("lr_grid", "wd_grid", "betas", "batch_size", "epochs", "augment", "head", "selection"):
             if key not in p:
                 raise UserError(f"task {task.name}: protocol.{key} is missing (see tasks/_probe_table_a2.yaml)")
-        p["lr_grid"] = _floats(p["lr_grid"], "lr_grid")
-        p["wd_grid"] = _floats(p["wd_grid"], "wd_grid")
-        p["betas"] = _floats(p["betas"], "betas")
+        p["lr_grid"] = v.numbers(p["lr_grid"], "", scalar=True)
+        p["wd_grid"] = v.numbers(p["wd_grid"], "", scalar=True)
+        p["betas"] = v.numbers(p["betas"], "")
         for key in ("min_lr", "grad_clip", "warmup_epochs"):
-            p[key] = _floats(p.get(key, 0.0), key)[0]
+            p[key] = float(p.get(key, 0.0))
         if options.epochs is not None:
             p["epochs"] = options.epochs
         if options.batch_size is not None:
@@ -327,13 +384,16 @@ class ProbePlugin(Plugin):
         if options.limit is not None:
             p["limit"] = options.limit
         p["epochs"], p["batch_size"] = int(p["epochs"]), int(p["batch_size"])
-        if p["epochs"] < 1 or p["batch_size"] < 1:
+        if p["epochs"] < 1 or p["batch_size"] < 1:  # RunOptions from the Python API are not checked elsewhere
             raise UserError(f"epochs and batch size must be >= 1, got {p['epochs']} and {p['batch_size']}")
         if p.get("image_size", "native") == "native":
             p["image_size"] = int(backbone.image_size)
         p["precision"] = options.precision
         p["feature_cache"] = options.feature_cache is not None  # cached tokens mean no augmentation
         return p
+
+    def metric_names(self, task: Any, protocol: dict[str, Any]) -> set[str]:
+        return {"top1", "top5"}  # _ProbeRun._result: the chosen head's test top-1 and top-5
 
     # ------------------------------------------------------------ data
     def load_data(self, task: Any, protocol: dict[str, Any], options: RunOptions) -> ProbeData:
@@ -376,7 +436,7 @@ class _ProbeRun:
             cache = FeatureCache(self.opt.feature_cache, cache_key(self.backbone, self.preprocess, split, self.p["precision"]))
             if not cache.complete:
                 rate = cache.build(self.backbone, split, self.eval_tf, self.p["batch_size"], self.opt.workers, self.ctx,
-                                   self.p["precision"], self.progress)
+                                   self.p["precision"], self.progress, name)
                 self.throughput[f"cache_{name}_images_per_s"] = round(rate * self.ctx.world_size, 2)
             self.caches[name] = cache.tokens()
 
@@ -446,11 +506,12 @@ class _ProbeRun:
         steps = len(sizes)
         schedule = Schedule(self.optim, epochs * steps, int(round(self.p["warmup_epochs"] * steps)), self.p["min_lr"])
         history = self.history
+        bar = Progress((epochs - start_epoch) * steps, f"{self.task.name}: training {len(self.configs)} heads",
+                       enabled=self.progress, epochs=(start_epoch, epochs))
         for epoch in range(start_epoch, epochs):
             self.model.train()
             loss_sum = torch.zeros(len(self.configs), dtype=torch.float64, device=self.ctx.device)
             start, seen = time.perf_counter(), 0
-            bar = Progress(steps, f"{self.task.name} epoch {epoch + 1}/{epochs}", enabled=self.progress)
             batches = self._batches("train", self.data.train, self._epoch_batches(epoch), not self.cached, epoch)
             for i, (tokens, y) in enumerate(batches):
                 schedule.set(epoch * steps + i)
@@ -472,13 +533,15 @@ class _ProbeRun:
                                loss=f"{float(per_probe.detach().min()) / max(1, len(y)):.3f}")
                 else:
                     bar.update(1)
-            bar.close()
             all_reduce_sum(loss_sum, self.ctx)
             history.append((loss_sum / len(self.data.train_pos)).cpu().tolist())
             seconds = time.perf_counter() - start
             self.epoch_seconds.append(round(seconds, 4))
             self.throughput["train_images_per_s"] = round(seen / max(seconds, 1e-9), 2)
+            bar.epoch(epoch + 1, epochs, **{"best head loss": f"{min(history[-1]):.4f}",
+                                            "img/s": f"{self.throughput['train_images_per_s']:.1f}"})
             self._save(epoch + 1)
+        bar.close()
         return history
 
     # ------------------------------------------------------------ checkpoints (--resume)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from aimv2_eval import validate as v
 from aimv2_eval.backbones import build_eval_transform
 from aimv2_eval.data.sources import LabelledImages
 from aimv2_eval.data.threads import one_thread
@@ -64,6 +66,35 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+SCENE_EVAL_SETS = ("unseen", "unseen_all", "seen")  # data.scene_object_data's evaluation sets
+
+
+def _text_spec(value: Any, where: str) -> Any:
+    if not isinstance(value, str | dict):
+        raise v.fail(where, "a text encoder name or a mapping {kind, source, trainable, ...}", value)
+    return value
+
+
+def _name_or_list(value: Any, where: str) -> Any:
+    """A named set ('openai_imagenet', 'imagenet': checked where it is resolved) or a list of strings."""
+    return value if isinstance(value, str) else v.string_list(value, where)
+
+
+def check_protocol(task: Any, p: dict[str, Any]) -> None:
+    """Types and ranges of every field LiT reads, before any work (a misspelt key would fall back to a default)."""
+    where = v.at(task, "protocol")
+    v.known_keys(p, ("mode", "checkpoint", "classnames", "templates", "eval_batch_size", "limit", *TRAIN_DEFAULTS),
+                 where)
+    v.fields(p, {
+        **v.TRAINING_FIELDS, "mode": partial(v.string, choices=MODES), "checkpoint": v.optional(v.string),
+        "templates": _name_or_list, "classnames": _name_or_list, "warmup_fraction": v.probability,
+        "grad_clip": v.nonneg_number, "projection_dim": v.positive_int, "head_heads": v.optional(v.positive_int),
+        "loss": partial(v.string, choices=LOSSES), "cache": v.boolean, "text": _text_spec,
+    }, where)
+    if task.data.get("source") != "scene_objects" and "classnames" not in p:  # load_lit_data builds prompts from it
+        raise UserError(f"{where}.classnames is missing; give the class names in label order (a list, or 'imagenet')")
+
+
 class _Images(torch.utils.data.Dataset):
     """(image tensor, caption or label, position) for a DataLoader; `get(i)` returns (PIL image, target)."""
 
@@ -102,6 +133,7 @@ class LitPlugin(Plugin):
     # ------------------------------------------------------------ protocol
     def resolve(self, task: Any, options: RunOptions, backbone: Any) -> dict[str, Any]:
         p = json.loads(json.dumps(task.protocol))
+        check_protocol(task, p)
         mode = p.setdefault("mode", "train")
         if mode not in MODES:
             raise UserError(f"task {task.name}: protocol.mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -125,6 +157,11 @@ class LitPlugin(Plugin):
         if options.limit is not None:
             p["limit"] = options.limit
         return p
+
+    def metric_names(self, task: Any, protocol: dict[str, Any]) -> set[str]:
+        # top1 / top5 of each evaluation set, suffixed with its name (_score); load_lit_data names the sets
+        sets = SCENE_EVAL_SETS if task.data.get("source") == "scene_objects" else ("",)
+        return {f"{m}_{s}" if s else m for m in ("top1", "top5") for s in sets}
 
     def load_data(self, task: Any, protocol: dict[str, Any], options: RunOptions) -> tuple[LitData, LiTCheckpoint | None]:
         data = load_lit_data(task.data, protocol, options.data_root, protocol.get("limit"), options.seed)
@@ -256,7 +293,7 @@ class _LitRun:
             self.model.text_tower.eval()
         start, steps = time.perf_counter(), 0
         bar = Progress(total - start_epoch * steps_per_epoch, "LiT: training",
-                       enabled=self.opt.progress and self.ctx.is_main)
+                       enabled=self.opt.progress and self.ctx.is_main, epochs=(start_epoch, epochs))
         for epoch in range(start_epoch, epochs):
             batches = self._epoch_batches(len(pairs), epoch)
             stream = self._batches(pairs, batches, tokens, captions)
@@ -278,6 +315,8 @@ class _LitRun:
                 steps += 1
                 bar.update(1, loss=f"{losses[-1]:.3f}")
             self.history.append(round(float(np.mean(losses)), 5))
+            bar.epoch(epoch + 1, epochs, loss=f"{self.history[-1]:.4f}",
+                      **{"steps/s": f"{steps / max(time.perf_counter() - start, 1e-9):.2f}"})
             # only what training changes: the locked image tower and a frozen text tower are rebuilt from sources
             checkpointer.save_epoch(self.model, optim, epoch + 1, self.history)
         bar.close()
