@@ -52,7 +52,7 @@ def evaluate(backbone: str, task: str, **options: Any) -> dict[str, Any]:
 
     args = run.parse_run_args(["--backbone", backbone, "--task", task, *_flags(options)])
     path = run.plan_cell(args).path
-    run.main(args)
+    run.run_cell(args)
     return json.loads(path.read_text())
 
 

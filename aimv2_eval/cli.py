@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from aimv2_eval.errors import UserError
@@ -61,8 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aimv2-eval {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"aimv2-eval {args.command}: interrupted; finished cells are kept, rerun to continue", file=sys.stderr)
+        print(f"aimv2-eval {args.command}: interrupted; {_how_to_continue(args.command, argv)}", file=sys.stderr)
         return 130
+
+
+def _how_to_continue(command: str, argv: list[str]) -> str:
+    """The exact command that continues an interrupted one: `run` resumes from its last checkpoint."""
+    if command == "run" and "--resume" not in argv:
+        return f"continue with: aimv2-eval {shlex.join([*argv, '--resume'])}"
+    return f"finished cells are kept; continue with: aimv2-eval {shlex.join(argv)}"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,8 @@ def records(out: Path) -> list[Path]:
 
 
 def test_end_to_end_embedded_task_with_tiny_aimv2(tmp_path, capsys):
-    """The embedded defaults of digits_probe, unchanged."""
-    assert main(["run", *TINY, "--task", "digits_probe", "--out", str(tmp_path), "--no-progress"]) == 0
+    """The README's main command: the embedded defaults of digits_probe, unchanged, in a piped log."""
+    assert main(["run", *TINY, "--task", "digits_probe", "--out", str(tmp_path)]) == 0
     [path] = records(tmp_path)
     rec = json.loads(path.read_text())
     assert rec["cell"]["task"] == "digits_probe" and rec["cell"]["backbone"].startswith("aimv2-tiny")
@@ -53,8 +54,15 @@ def test_end_to_end_embedded_task_with_tiny_aimv2(tmp_path, capsys):
     correct = sum(int(line.split(",")[1]) == int(line.split(",")[2]) for line in preds[1:])
     assert 100 * correct / (len(preds) - 1) == pytest.approx(rec["metrics"]["top1"])
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+    out, err = capsys.readouterr()
     chosen = rec["selection"]["chosen"]
-    assert f"(lr={chosen['lr']} wd={chosen['wd']}, chosen on val)" in capsys.readouterr().out
+    assert f"(lr={chosen['lr']} wd={chosen['wd']}, chosen on val)" in out
+    # piped (capsys is not a terminal): no bar, one line per epoch and one per cached split, nothing per step
+    epochs = rec["task_config"]["resolved_protocol"]["epochs"]
+    lines = err.splitlines()
+    assert [ln for ln in lines if ": epoch " in ln] == [ln for ln in lines if ln.startswith("digits_probe: training")]
+    assert len([ln for ln in lines if ": epoch " in ln]) == epochs
+    assert len(lines) <= epochs + 2 and "\r" not in err, err
 
 
 def small(out: Path, *extra: str) -> list[str]:
@@ -75,7 +83,7 @@ def test_existing_cell_is_skipped_unless_overwrite(tmp_path, capsys):
     assert len(records(out)) == 2  # another seed is another cell
 
 
-def test_resume_after_interruption_gives_the_same_metrics(tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_the_same_metrics(tmp_path, monkeypatch, capsys):
     assert main(small(tmp_path / "full")) == 0
     [full] = records(tmp_path / "full")
     original = probe._ProbeRun._save
@@ -89,6 +97,8 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, monkeypatch)
 
     monkeypatch.setattr(probe._ProbeRun, "_save", save_then_crash)
     assert main(small(tmp_path / "cut")) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # the exact command that continues
+    assert err == "aimv2-eval run: interrupted; continue with: aimv2-eval " + shlex.join([*small(tmp_path / "cut"), "--resume"])
     assert not records(tmp_path / "cut") and list((tmp_path / "cut").rglob("*.ckpt"))
     saved.clear()
     monkeypatch.setattr(probe._ProbeRun, "_save", lambda self, n: (original(self, n), saved.append(n)))
@@ -206,3 +216,25 @@ def test_feature_cache_switches_contradicting_is_one_line(tmp_path, capsys):
     args = ["run", *TINY, "--task", "digits_probe", "--feature-cache", "--no-feature-cache", "--out", str(tmp_path)]
     assert main(args) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_several_tasks_and_backbones_in_one_run(tmp_path, capsys):
+    """`--task a,b` and globs run every cell (names checked before the first one), each its own record."""
+    from aimv2_eval.commands.run import expand_names, parse_run_args
+
+    args = parse_run_args(["--backbone", "aimv2-tiny", "--task", "foolbox_*_probe,digits_probe"])
+    assert expand_names(args) == (["aimv2-tiny"], ["foolbox_cifar10_probe", "foolbox_imagenet_probe", "digits_probe"])
+    assert main(["run", *TINY, "--task", "nothing_*", "--out", str(tmp_path)]) == 2
+    assert "--task 'nothing_*' matches nothing" in capsys.readouterr().err
+    # a typo in the second task fails before the first one runs
+    typo = small(tmp_path / "typo")
+    typo[typo.index("--task") + 1] = "digits_probe,digit_probe"
+    assert main(typo) == 2
+    assert "did you mean digits_probe" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    argv = small(tmp_path / "both")
+    argv[argv.index("--task") + 1] = "digits_probe,scenes_probe,digits_probe"  # a repeated name runs once
+    assert main(argv) == 0
+    assert sorted(json.loads(p.read_text())["cell"]["task"] for p in records(tmp_path / "both")) == [
+        "digits_probe", "scenes_probe"]
+    assert "2 cells: 2 finished or skipped, 0 failed" in capsys.readouterr().out

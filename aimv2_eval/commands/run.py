@@ -21,13 +21,17 @@ import torch
 
 from aimv2_eval.config import cache_home
 from aimv2_eval.errors import UserError
+from aimv2_eval.io import remove_stale_temps
+from aimv2_eval.locks import cell_lock
 
 DEFAULT_CACHE = cache_home() / "features"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="backbone name (`aimv2-eval list backbones`)")
-    parser.add_argument("--task", required=True, help="task name (`aimv2-eval list tasks`) or a task YAML file")
+    parser.add_argument("--backbone", required=True,
+                        help="backbone name (`aimv2-eval list backbones`); several: comma-separated names or globs")
+    parser.add_argument("--task", required=True,
+                        help="task name (`aimv2-eval list tasks`) or a task YAML file; several: `a,b` or globs (`*_probe`)")
     parser.add_argument("--weights", help="weights source replacing the backbone's default (directory, file or hub id)")
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (a baseline)")
     parser.add_argument("--epochs", type=int, help="override the task's number of epochs")
@@ -48,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on images with augmentation even where the task caches tokens by default")
     parser.add_argument("--data-root", type=Path, help="folder with local dataset copies (default: $AIMV2_EVAL_DATA or ~/data)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars; one line per epoch (loss, img/s) is printed either way")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -62,6 +67,15 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if args.feature_cache is not None and getattr(args, "no_feature_cache", False):
         raise UserError("--feature-cache and --no-feature-cache contradict each other; keep one")
+    # Checked here, before anything loads; a sweep plans cells through this too, so the device is checked for
+    # spelling only (the GPU is looked for where the cell runs, by init_distributed before data or weights load).
+    from aimv2_eval.launch.distributed import parse_device
+    from aimv2_eval.paths import writable_dir
+
+    parse_device(args.device, "--device")
+    writable_dir(args.out, "--out")
+    if args.feature_cache is not None:
+        writable_dir(args.feature_cache, "--feature-cache")
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
@@ -118,6 +132,7 @@ def plan_cell(args: argparse.Namespace) -> CellPlan:
                                         "pretrained": not args.random_init})
 
     protocol, phash = hash_of(options)
+    plugin.check_metrics(task, protocol)  # a metric the plugin cannot produce fails here, not after the run
     default = replace(options, epochs=None, batch_size=None, limit=None, feature_cache=default_cache)
     path = cell_path(args.out, cell_backbone, task.name, phash, args.seed)
     overrides = _overrides(options, default, hash_of)
@@ -155,17 +170,77 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aimv2_eval.backbones import create_backbone
-    from aimv2_eval.launch.distributed import init_distributed, shutdown
-    from aimv2_eval.report.store import new_record, write_record
+    backbones, tasks = expand_names(args)
+    if len(backbones) * len(tasks) == 1:
+        return run_cell(argparse.Namespace(**{**vars(args), "backbone": backbones[0], "task": tasks[0]}))
+    if args.weights is not None and len(backbones) > 1:
+        raise UserError("--weights replaces one backbone's weights; give one --backbone with it")
+    cells = [argparse.Namespace(**{**vars(args), "backbone": b, "task": t}) for b in backbones for t in tasks]
+    for cell in cells:  # every name and protocol checked before the first cell runs
+        plan_cell(cell)
+    codes = []
+    for i, cell in enumerate(cells, 1):
+        print(f"[{i}/{len(cells)}] {cell.backbone} x {cell.task}", file=sys.stderr)
+        try:
+            codes.append(run_cell(cell))
+        except UserError as exc:  # one failed cell does not stop the others
+            print(f"aimv2-eval run: error: {cell.backbone} x {cell.task}: {exc}", file=sys.stderr)
+            codes.append(2)
+    failed = sum(code != 0 for code in codes)
+    print(f"{len(cells)} cells: {len(cells) - failed} finished or skipped, {failed} failed")
+    return max(codes)
 
+
+def expand_names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """--backbone and --task as lists: comma-separated names and globs (`*_probe`, like lm-eval's --tasks); a name
+    without wildcards passes through unchanged (a task file, a hub id, a `timm:` name)."""
+    from aimv2_eval.backbones import list_backbones
+    from aimv2_eval.tasks import task_registry
+
+    def expand(value: str, flag: str, matching) -> list[str]:
+        names = []
+        for part in str(value).split(","):
+            part = part.strip()
+            if any(ch in part for ch in "*?["):
+                hits = matching(part)
+                if not hits:
+                    raise UserError(f"{flag} {part!r} matches nothing; see `aimv2-eval list {flag[2:]}s {part}`")
+                names += hits
+            else:
+                names.append(part)
+        return list(dict.fromkeys(names))
+
+    return (expand(args.backbone, "--backbone", lambda p: [s.name for s in list_backbones(p)]),
+            expand(args.task, "--task", lambda p: task_registry(args.tasks_dir).list(p)))
+
+
+def run_cell(args: argparse.Namespace) -> int:
+    """One cell: skipped when its record exists, otherwise run under the cell's lock."""
     start = time.perf_counter()
     cell = plan_cell(args)
-    task, plugin, spec, options, protocol = cell.task, cell.plugin, cell.spec, cell.options, cell.protocol
-    cell_backbone, phash, path = cell.backbone, cell.protocol_hash, cell.path
+    path, cell_backbone, task = cell.path, cell.backbone, cell.task
     if path.exists() and not args.overwrite:
         print(f"skip {cell_backbone} x {task.name}: {path} exists (--overwrite to rerun)")
         return 0
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 holds the cell's lock for every rank
+        return _run_cell(args, cell, start)
+    with cell_lock(path, f"cell {cell.key}"):
+        if path.exists() and not args.overwrite:  # the run that held the lock finished it
+            print(f"skip {cell_backbone} x {task.name}: {path} exists (--overwrite to rerun)")
+            return 0
+        for target in (path, path.with_suffix(".ckpt")):  # what killed writers of this cell left
+            remove_stale_temps(target)
+        return _run_cell(args, cell, start)
+
+
+def _run_cell(args: argparse.Namespace, cell: CellPlan, start: float) -> int:
+    from aimv2_eval.backbones import create_backbone
+    from aimv2_eval.launch.distributed import init_distributed, shutdown
+    from aimv2_eval.report.context import context_line
+    from aimv2_eval.report.store import new_record, write_record
+
+    task, plugin, spec, options, protocol = cell.task, cell.plugin, cell.spec, cell.options, cell.protocol
+    cell_backbone, phash, path = cell.backbone, cell.protocol_hash, cell.path
     options.checkpoint = path.with_suffix(".ckpt")
     # Predictions go to a hidden folder that becomes the cell's output folder only with the record.
     outputs = path.with_suffix("")
@@ -211,6 +286,9 @@ def main(args: argparse.Namespace) -> int:
         main_value = result.metrics[result.main_metric]
         print(f"{cell_backbone} x {task.name}: {result.main_metric} {main_value:.2f}{_chosen(result.selection)} "
               f"-> {written}")
+        context = context_line(record, args.out)
+        if context:
+            print(f"  {context}")
         return 0
     finally:
         shutdown()
