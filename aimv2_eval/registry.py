@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable, Iterator
+from pathlib import Path, PurePath
 from typing import Generic, TypeVar
 
 from aimv2_eval.errors import UserError
@@ -41,6 +42,10 @@ class Registry(Generic[T]):
             return name
         if name in self._aliases:
             return self._aliases[name]
+        # a name that differs only in case means the one entry it folds to (as backbone names already do)
+        folded = {self._aliases.get(k, k) for k in (*self._entries, *self._aliases) if k.lower() == name.lower()}
+        if len(folded) == 1:
+            return folded.pop()
         raise UserError(self.unknown_message(name))
 
     def get(self, name: str) -> T:
@@ -69,6 +74,17 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         known = sorted({*self._entries, *self._aliases})
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known[:20])}"
-        return f"unknown {self.kind} {name!r}; {hint} (`aimv2-eval list {self.kind}s` shows all)"
+        by_lower = {k.lower(): k for k in known}
+        # Names hold no path separators: a path-like name was meant as a file, so say what is wrong with the file
+        # and suggest from its stem (`tasks/digit_probe.yaml` -> digits_probe).
+        pathlike = "/" in name or "\\" in name or name.endswith((".yaml", ".yml"))
+        stem = PurePath(name.replace("\\", "/")).stem if pathlike else name
+        close = [by_lower[c] for c in difflib.get_close_matches(stem.lower(), list(by_lower), n=3, cutoff=0.5)]
+        hint = (f"did you mean {', '.join(close)}?" if close else f"give a {self.kind} name or an existing file"
+                if pathlike else f"known: {', '.join(known[:20])}")
+        what = f"unknown {self.kind} {name!r}"
+        if pathlike:
+            path = Path(name).expanduser()
+            what += (": a folder, not a file" if path.is_dir() else ": no such file" if not path.exists()
+                     else f": not a {self.kind} file")
+        return f"{what}; {hint} (`aimv2-eval list {self.kind}s` shows all)"

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import json
 
+from aimv2_eval.errors import UserError
+
 KINDS = ("backbones", "tasks", "plugins")
 
 
@@ -49,6 +51,21 @@ def _other(kind: str, pattern: str | None) -> list[dict] | None:
     return list(rows_fn(pattern))
 
 
+def _registry(kind: str):
+    if kind == "backbones":
+        from aimv2_eval.backbones import BACKBONES, list_backbones
+
+        list_backbones()  # registers every family
+        return BACKBONES
+    if kind == "tasks":
+        from aimv2_eval.tasks import task_registry
+
+        return task_registry()
+    from aimv2_eval.plugins import PLUGINS
+
+    return PLUGINS
+
+
 def main(args: argparse.Namespace) -> int:
     rows: list[dict] | None
     if args.kind == "backbones":
@@ -64,6 +81,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(rows, default=str))
         return 0 if rows else 1
     if not rows:
+        if args.pattern and not any(c in args.pattern for c in "*?["):  # a name, not a pattern: say which was meant
+            raise UserError(_registry(args.kind).unknown_message(args.pattern))
         print(f"no {args.kind} match {args.pattern!r}")
         return 1
     print(_table(rows, columns))

@@ -14,7 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from aimv2_eval.config import records_home
 from aimv2_eval.errors import UserError
+from aimv2_eval.paths import writable_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--seeds", help="seeds: 0,1,2 or 0-4 (default: the file's, else 0)")
     grid.add_argument("--name", help="the sweep's name in {out}/.sweep/ (default: the file's name, else 'sweep')")
     ex = parser.add_argument_group("execution")
-    ex.add_argument("--out", type=Path, default=Path("records"), help="records folder (default: records/)")
+    ex.add_argument("--out", type=Path, default=records_home(),
+                    help="records folder (default: $AIMV2_EVAL_HOME/records = %(default)s)")
     ex.add_argument("--executor", default="local", help="local, torchrun or slurm (default: local)")
     ex.add_argument("--parallel", type=int, default=1, help="local / torchrun: cells at a time (default: 1)")
     ex.add_argument("--dry-run", action="store_true", help="print the cells to run, those done, and their cost")
@@ -90,6 +93,15 @@ def _check(args: argparse.Namespace) -> None:
     for item in args.slurm_extra:
         if "=" not in item:
             raise UserError(f"--slurm-extra {item!r}: give KEY=VALUE, e.g. constraint=a100")
+    if not args.dry_run:
+        writable_dir(args.out, "--out")
+    if args.device is not None:  # a Slurm login node has no GPU: there only the spelling can be checked
+        from aimv2_eval.launch.distributed import parse_device, resolve_device
+
+        if args.executor == "slurm":
+            parse_device(args.device)
+        else:
+            resolve_device(args.device)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -164,10 +164,15 @@ def _benchmark_help(cfg: dict, split: str, root: Path) -> str:
     return " or ".join(parts)
 
 
-def open_imagefolder(cfg: dict, split: str, root: Path, classes: list[str] | None = None) -> LabelledImages:
+def open_imagefolder(cfg: dict, split: str, root: Path, classes: list[str] | None = None,
+                     num_classes: int | None = None) -> LabelledImages:
     folder = root / cfg["dir"] / cfg.get("splits", {}).get(split, split)
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
     names = classes or [p.name for p in class_dirs]
+    if num_classes is not None and classes is None and class_dirs and len(names) != num_classes:
+        # more folders would index past the head; fewer would misstate chance and the head's size
+        raise UserError(f"{folder} has {len(names)} class folders but the task declares data.num_classes "
+                        f"{num_classes}; fix num_classes or the folders")
     index = {n: i for i, n in enumerate(names)}
     paths, labels = [], []
     for d in class_dirs:
@@ -325,7 +330,7 @@ def open_split(cfg: dict, split: str, root: str | Path | None = None, classes: l
     if folder_cfg:
         folder = root / folder_cfg["dir"] / folder_cfg.get("splits", {}).get(split, split)
         if folder.is_dir():
-            return open_imagefolder(folder_cfg, split, root, classes)
+            return open_imagefolder(folder_cfg, split, root, classes, num_classes)
     if "hf" in cfg:
         return open_hf(cfg["hf"], split, num_classes, help_text)
     raise UserError(f"data missing: {help_text}")

@@ -7,17 +7,21 @@ cores). Overrides use dotted keys, values in YAML: `optim.steps=100 data.sources
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from aimv2_eval.config import deep_merge, unknown_key
-from aimv2_eval.core.model import AIMv2, AIMv2Config
+from aimv2_eval.core.decoder import DecoderConfig
+from aimv2_eval.core.encoder import EncoderConfig
+from aimv2_eval.core.model import OBJECTIVES, AIMv2, AIMv2Config
 from aimv2_eval.core.pretrain import PEAK_LR
-from aimv2_eval.core.variants import DEFAULT_DECODER, TINY_DECODER, encoder_config
+from aimv2_eval.core.variants import DEFAULT_DECODER, SIZES, TINY_DECODER, encoder_config
+from aimv2_eval.data.pairs import KINDS as SOURCE_KINDS
 from aimv2_eval.data.pairs import PairSource
 from aimv2_eval.data.scenes import swap_left_right
 from aimv2_eval.data.tokenizer import CompactVocab, Tokenizer, build_tokenizer
@@ -65,6 +69,8 @@ def _set(cfg: dict, dotted: str, value: Any) -> None:
             node.get(key) if isinstance(node, dict) else None)
         if nxt is None:
             raise UserError(f"override {dotted}: no key {'.'.join(keys[: i + 1])} in the recipe")
+        if not isinstance(nxt, dict | list):  # `optim.steps.x=3`: a value has no keys
+            raise UserError(f"override {dotted}: {'.'.join(keys[: i + 1])} is a value, not a section")
         node = nxt
     last = keys[-1]
     if isinstance(node, list):
@@ -79,11 +85,16 @@ def resolve_config_path(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise UserError(f"pretraining config {name} is a folder; pass a YAML file such as configs/pretrain/tiny.yaml")
     for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-    raise UserError(f"pretraining config not found: {name}; pass a YAML file" + (f" or one of {known}" if known else ""))
+    close = difflib.get_close_matches(Path(name).stem, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UserError(f"pretraining config not found: {name}{hint}; pass a YAML file"
+                    + (f" or one of {known}" if known else ""))
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
@@ -91,8 +102,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     file = resolve_config_path(str(path))
     try:
         recipe = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{file} is not valid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file} is not a text file; pass a YAML recipe such as configs/pretrain/tiny.yaml") from None
+    except yaml.YAMLError as exc:  # its first line: the CLI's error is one line
+        raise UserError(f"{file} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"{file} must hold a mapping of sections (model, text, data, optim, ...), got "
+                        f"{type(recipe).__name__}; see configs/pretrain/tiny.yaml")
     cfg = deep_merge(DEFAULTS, recipe, strict=True)
     for item in overrides:
         if "=" not in item:
@@ -101,8 +117,115 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
         top = key.split(".")[0]
         if top not in DEFAULTS:
             raise unknown_key(top, DEFAULTS)
-        _set(cfg, key.strip(), yaml.safe_load(raw))
-    return deep_merge(DEFAULTS, cfg, strict=True)  # re-check the keys overrides introduced
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise UserError(f"override {item!r}: the value is not YAML ({str(exc).splitlines()[0]}); quote it") from None
+        _set(cfg, key.strip(), value)
+    cfg = deep_merge(DEFAULTS, cfg, strict=True)  # re-check the keys overrides introduced
+    check_config(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------- value checks
+# A bad value fails here, in one line naming its key, before anything is built: not as a traceback from int() or
+# torch halfway through a run (or after training, as a bad save_dtype did). Keys not listed are free-form or are
+# checked where they are used (run.device, run.out_dir, init_from).
+_NUMBERS: dict[str, tuple[str, float, bool]] = {  # key: (int | num, lowest value, None allowed)
+    "model.image_size": ("int", 1, True), "model.alpha": ("num", 0, False), "model.init_std": ("num", 1e-12, True),
+    "text.context_length": ("int", 1, False), "text.compact_vocab": ("int", 0, False),
+    "data.augment.crop_size": ("int", 1, False), "data.augment.hflip": ("num", 0, False),
+    "optim.lr": ("num", 1e-12, True), "optim.min_lr": ("num", 0, False), "optim.weight_decay": ("num", 0, False),
+    "optim.eps": ("num", 1e-30, False), "optim.warmup_steps": ("int", 0, False), "optim.steps": ("int", 1, False),
+    "optim.grad_clip": ("num", 0, False), "batch.size": ("int", 1, False), "batch.micro_batch": ("int", 1, True),
+    "native.patches_per_batch": ("int", 1, False), "run.seed": ("int", 0, False), "run.log_every": ("int", 1, False),
+    "run.ckpt_every": ("int", 1, False), "run.stop_after": ("int", 0, True), "run.threads": ("int", 1, True),
+}
+_FLAGS = ("model.native_pos_embed", "native.enabled", "highres.enabled", "run.progress", "run.resume")
+_PAIRS = {"optim.betas": "num", "data.augment.scale": "num", "data.augment.ratio": "num", "native.n_range": "int"}
+_CHOICES = {
+    "model.size": SIZES, "model.objective": OBJECTIVES, "model.encoder_attention": ("prefix", "bidirectional"),
+    "data.augment.interpolation": ("bicubic", "bilinear", "nearest"),  # samples._INTERP
+    "run.dtype": ("float32", "bfloat16"),
+    "run.save_dtype": ("float32", "bfloat16", "float16"),
+}
+TOKENIZER_KINDS = ("clip", "sentencepiece", "siglip", "compact")  # aimv2_eval.data.tokenizer.build_tokenizer
+
+
+def _get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def _number(value: Any, kind: str) -> float | None:
+    """The value as a number of `kind`, or None; YAML 1.1 reads `1e-3` as a string, which float() takes (int()
+    does not: integers must be YAML integers)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and kind == "num":
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if not isinstance(value, int | float) or value != value:  # NaN
+        return None
+    return value if kind == "num" or float(value).is_integer() else None
+
+
+def _bad(key: str, what: str, value: Any) -> UserError:
+    return UserError(f"pretraining config: {key} must be {what}, got {value!r}; fix the recipe or override {key}=...")
+
+
+def check_config(cfg: dict) -> None:
+    """Types, ranges and names of a resolved recipe (raises UserError naming the first bad key)."""
+    for key, (kind, low, optional) in _NUMBERS.items():
+        value = _get(cfg, key)
+        if value is None and optional:
+            continue
+        what = f"{'an integer' if kind == 'int' else 'a number'} {'> 0' if 0 < low < 1 else f'>= {low}'}"
+        number = _number(value, kind)
+        if number is None or number < low:
+            raise _bad(key, what, value)
+    if not 0 <= float(cfg["data"]["augment"]["hflip"]) <= 1:
+        raise _bad("data.augment.hflip", "a probability in [0, 1]", cfg["data"]["augment"]["hflip"])
+    for key in _FLAGS:
+        if not isinstance(_get(cfg, key), bool):
+            raise _bad(key, "true or false", _get(cfg, key))
+    for key, kind in _PAIRS.items():
+        value = _get(cfg, key)
+        pair = [_number(v, kind) for v in value] if isinstance(value, list) else []
+        ordered = key != "optim.betas"
+        if len(pair) != 2 or None in pair or (ordered and pair[0] > pair[1]):
+            what = f"a list of two {'integers' if kind == 'int' else 'numbers'}" + (", low then high" if ordered else "")
+            raise _bad(key, what, value)
+    if not all(0 <= _number(b, "num") < 1 for b in cfg["optim"]["betas"]):
+        raise _bad("optim.betas", "two numbers in [0, 1)", cfg["optim"]["betas"])
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if (str(value).lower() if key == "model.size" else value) not in choices:  # build_model lowercases sizes
+            raise _bad(key, f"one of {', '.join(choices)}", value)
+    for key, config in (("encoder", EncoderConfig), ("decoder", DecoderConfig)):
+        names = [f.name for f in fields(config)]
+        for name in cfg["model"][key]:
+            if name not in names:
+                raise unknown_key(name, names, f"model.{key}.")
+    tok = cfg["text"]["tokenizer"]
+    kind = tok if isinstance(tok, str) else tok.get("kind", "clip") if isinstance(tok, dict) else None
+    if kind not in TOKENIZER_KINDS:
+        raise _bad("text.tokenizer", f"one of {', '.join(TOKENIZER_KINDS)} (or a mapping with such a kind)", tok)
+    sources = cfg["data"]["sources"]
+    for i, source in enumerate(sources if isinstance(sources, list) else [sources]):
+        if not isinstance(source, dict):
+            raise _bad(f"data.sources.{i}", "a mapping such as {kind: scenes, n: 1000}", source)
+        if source.get("kind") not in SOURCE_KINDS:
+            raise _bad(f"data.sources.{i}.kind", f"one of {', '.join(SOURCE_KINDS)}", source.get("kind"))
+        weight = _number(source.get("weight", 1.0), "num")
+        if weight is None or weight <= 0:
+            raise _bad(f"data.sources.{i}.weight", "a number > 0", source.get("weight"))
+    if not sources:
+        raise _bad("data.sources", "a non-empty list of sources", sources)
 
 
 # ---------------------------------------------------------------- what a recipe builds

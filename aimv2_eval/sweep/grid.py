@@ -33,6 +33,7 @@ RUN_FLAGS = {
 # what a cell needs from a scheduler; the defaults fit one probe cell
 RESOURCES = {"gpus_per_cell": 1, "cpus_per_cell": 8, "mem_gb": 64, "time_min": 240}
 _GROUP_KEYS = {"backbones", "tasks", "seeds", "options", "resources"}
+MAX_SEEDS = 1000  # a range wider than this is a typo (0-10000000 would plan millions of cells)
 _FILE_KEYS = {"name", "description", "seeds", "options", "resources", "grid", "tasks_dir"}
 
 
@@ -74,25 +75,37 @@ def parse_seeds(text: str | int | list) -> list[int]:
     seeds: list[int] = []
     try:
         for item in items:
+            if isinstance(item, bool | float):  # YAML true / 0.5: int() would take them
+                raise ValueError
             item = str(item).strip()
             if "-" in item[1:]:
                 lo, hi = item.split("-", 1) if not item.startswith("-") else (item, "")
-                seeds += list(range(int(lo), int(hi) + 1))
+                lo, hi = int(lo), int(hi)
+                if hi < lo or hi - lo >= MAX_SEEDS:
+                    raise UserError(f"seeds {text!r}: a range runs from low to high over at most {MAX_SEEDS} seeds, "
+                                    "e.g. 0-4")
+                seeds += list(range(lo, hi + 1))
             elif item:
                 seeds.append(int(item))
     except ValueError:
         raise UserError(f"seeds {text!r}: give integers, e.g. 0,1,2 or 0-4") from None
     if not seeds:
         raise UserError("no seeds given; e.g. --seeds 0,1,2")
+    if min(seeds) < 0:  # numpy refuses negative seeds, and a record named ...-seed-1 reads as seed 1
+        raise UserError(f"seeds {text!r}: seeds must be >= 0")
     return list(dict.fromkeys(seeds))
 
 
-def _names(value: Any, what: str) -> list[str]:
+def _names(value: Any, what: str, empty_ok: bool = False) -> list[str]:
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise UserError(f"{what} must be a list of names or patterns, got {value!r}")
+        names = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        names = [v.strip() for v in value if v.strip()]
+    else:
+        raise UserError(f"{what} must be a list of names or patterns, got {value!r}")
+    if not names and not empty_ok:  # an empty list would make a sweep of no cells that reports success
+        raise UserError(f"{what} is empty; name at least one")
+    return names
 
 
 def _is_glob(name: str) -> bool:
@@ -122,6 +135,8 @@ def resolve_tasks(patterns: list[str], tasks_dirs: list[Path]) -> list[str]:
     for pat in patterns:
         if pat.endswith((".yaml", ".yml")) and Path(pat).is_file():
             out.append(pat)
+        elif "/" in pat or pat.endswith((".yaml", ".yml")):  # meant as a file: the registry says what is wrong
+            raise UserError(reg.unknown_message(pat))
         elif _is_glob(pat):
             hits = reg.list(pat)
             if not hits:
@@ -161,6 +176,11 @@ def expand(groups: list[dict[str, Any]], defaults: dict[str, Any], overrides: di
                    **_mapping(group.get("options"), f"{what} options", RUN_FLAGS), **overrides}
         resources = {**_mapping(defaults.get("resources"), "resources", RESOURCES),
                      **_mapping(group.get("resources"), f"{what} resources", RESOURCES)}
+        for key, value in resources.items():  # the command line checks its own; a file's reach the scheduler
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{what} resources: {key} must be an integer >= 1, got {value!r}")
+        if not isinstance(options.get("random_init", False), bool):
+            raise UserError(f"{what} options: random_init must be true or false, got {options['random_init']!r}")
         opts = tuple(sorted(options.items()))
         res = tuple(sorted(resources.items()))
         # seed-major: a whole table for the first seed comes first (and cells running side by side are different
@@ -170,15 +190,22 @@ def expand(groups: list[dict[str, Any]], defaults: dict[str, Any], overrides: di
 
 
 def read_sweep_file(path: Path) -> dict[str, Any]:
+    if Path(path).is_dir():
+        raise UserError(f"{path} is a folder; give a sweep file such as sweeps/table3.yaml")
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"sweep file {path} does not exist (see sweeps/ for examples)") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file; give a sweep YAML such as sweeps/table3.yaml") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("grid"), list) or not raw["grid"]:
         raise UserError(f"{path} must be a mapping with a non-empty `grid:` list of groups (see sweeps/table3.yaml)")
     _mapping(raw, str(path), _FILE_KEYS)
+    for i, group in enumerate(raw["grid"]):
+        if not isinstance(group, dict):
+            raise UserError(f"{path} grid group {i + 1} must be a mapping with backbones and tasks, got {group!r}")
     return raw
 
 
@@ -201,7 +228,8 @@ def build_grid(args: argparse.Namespace) -> Grid:
         if args.backbones or args.tasks:
             raise UserError("give either a sweep file or --backbones/--tasks, not both")
         raw = read_sweep_file(args.file)
-        tasks_dirs = [Path(args.file).parent / d for d in _names(raw.get("tasks_dir", []), "tasks_dir")] + tasks_dirs
+        tasks_dirs = [Path(args.file).parent / d
+                      for d in _names(raw.get("tasks_dir", []), "tasks_dir", empty_ok=True)] + tasks_dirs
         defaults = dict(raw)
         if args.seeds:
             defaults["seeds"] = args.seeds
@@ -214,6 +242,8 @@ def build_grid(args: argparse.Namespace) -> Grid:
     else:
         if not args.backbones or not args.tasks:
             raise UserError("give a sweep file (sweeps/*.yaml) or both --backbones and --tasks")
+        _names(args.backbones, "--backbones")  # `--backbones ,`: name the flag, not "command line group 1"
+        _names(args.tasks, "--tasks")
         group = {"backbones": args.backbones, "tasks": args.tasks, "seeds": args.seeds or "0", "resources": resources}
         cells = expand([group], {}, overrides, tasks_dirs, where="command line")
         name = args.name or "sweep"

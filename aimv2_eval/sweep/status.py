@@ -37,9 +37,16 @@ def write_manifest(out: Path, name: str, rows: list[dict[str, Any]], **fields: A
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} is not a readable sweep manifest ({exc}); delete it and rerun the sweep") from None
+    cells = doc.get("cells", []) if isinstance(doc, dict) else None
+    # a manifest is ours only if every cell has the fields status prints (else: someone else's JSON)
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and {"key", "backbone", "task", "seed"} <= set(c)
+                                              for c in cells):
+        raise UserError(f"{path} is not a sweep manifest (no list of cells with key, backbone, task and seed); "
+                        "delete it and rerun the sweep")
+    return doc
 
 
 def _alive(pid: int | None) -> bool:
@@ -88,6 +95,8 @@ def cell_state(out: Path, key: str, record: Path) -> tuple[str, str]:
 
 def sweep_rows(out: Path, name: str | None = None) -> list[dict[str, Any]]:
     """Every cell of every sweep recorded under `out` (or of one sweep), with its state."""
+    if not Path(out).is_dir():
+        raise UserError(f"{out} is not a folder; give the --out folder of a sweep (`aimv2-eval sweep ... --out DIR`)")
     folder = sweep_dir(out) / "sweeps"
     paths = [manifest_path(out, name)] if name else sorted(folder.glob("*.json"))
     if not paths or not all(p.exists() for p in paths):

@@ -59,7 +59,7 @@ def run_cell(argv: list[str], out: Path, key: str, **info: Any) -> int:
     if main_rank:
         write_state(out, key, "running", host=socket.gethostname(), pid=os.getpid(), error=None, **info)
     try:
-        code = run.main(run.parse_run_args(argv))
+        code = run.run_cell(run.parse_run_args(argv))  # exactly one cell: its names are never globs
     except UserError as exc:
         if main_rank:
             write_state(out, key, "failed", error=str(exc))
