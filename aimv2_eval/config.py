@@ -34,6 +34,10 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any], strict: bool = False,
     for key, value in over.items():
         if strict and key not in base:
             raise unknown_key(key, base, where)
+        if strict and isinstance(base.get(key), dict) and not isinstance(value, dict):
+            if value is None:  # an empty section (`model:` alone) keeps the defaults
+                continue
+            raise UserError(f"config key {where}{key} is a section: give a mapping of its keys, got {value!r}")
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             out[key] = deep_merge(base[key], value, strict and bool(base[key]), f"{where}{key}.")
         else:
@@ -41,6 +45,17 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any], strict: bool = False,
     return out
 
 
+def home() -> Path:
+    """$AIMV2_EVAL_HOME, default ~/.cache/aimv2-eval: the one root of what the harness writes when not told where
+    (records/, leaderboard/, and the caches), whatever the current folder; never the tracked results/."""
+    return Path(os.environ.get("AIMV2_EVAL_HOME", "~/.cache/aimv2-eval")).expanduser()
+
+
 def cache_home() -> Path:
-    """$AIMV2_EVAL_CACHE, default ~/.cache/aimv2-eval: feature caches, tuned LLaVA models."""
-    return Path(os.environ.get("AIMV2_EVAL_CACHE", "~/.cache/aimv2-eval")).expanduser()
+    """$AIMV2_EVAL_CACHE, default home(): feature caches, tuned LLaVA and grounding models, built wheels."""
+    return Path(os.environ.get("AIMV2_EVAL_CACHE") or home()).expanduser()
+
+
+def records_home() -> Path:
+    """Where `run` and `sweep` write records and `leaderboard` / `regress` read them by default."""
+    return home() / "records"

@@ -238,3 +238,16 @@ def test_several_tasks_and_backbones_in_one_run(tmp_path, capsys):
     assert sorted(json.loads(p.read_text())["cell"]["task"] for p in records(tmp_path / "both")) == [
         "digits_probe", "scenes_probe"]
     assert "2 cells: 2 finished or skipped, 0 failed" in capsys.readouterr().out
+
+
+def test_defaults_live_under_aimv2_eval_home_whatever_the_current_folder(tmp_path, monkeypatch, capsys):
+    home, cwd = tmp_path / "home", tmp_path / "somewhere"
+    cwd.mkdir()
+    monkeypatch.setenv("AIMV2_EVAL_HOME", str(home))
+    monkeypatch.chdir(cwd)
+    argv = small(tmp_path / "unused")
+    del argv[argv.index("--out"): argv.index("--out") + 2]
+    assert main(argv) == 0
+    assert len(records(home / "records")) == 1
+    assert main(["leaderboard"]) == 0 and (home / "leaderboard" / "leaderboard.csv").is_file()
+    assert not list(cwd.iterdir())  # nothing written into the current folder

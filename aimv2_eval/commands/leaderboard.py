@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aimv2_eval.config import home, records_home
 from aimv2_eval.errors import UserError
 from aimv2_eval.report import leaderboard, references, store
 
-DEFAULT_RECORDS = Path("records")
-DEFAULT_OUT = Path("results/leaderboard/leaderboard.csv")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="folder of result records (%(default)s)")
+    parser.add_argument("--records", type=Path, default=records_home(),
+                        help="folder of result records (default: $AIMV2_EVAL_HOME/records = %(default)s)")
     parser.add_argument(
-        "--out", default=str(DEFAULT_OUT),
+        "--out", default=str(home() / "leaderboard" / "leaderboard.csv"),
         help="leaderboard CSV; the .md, per-table CSVs and .png are written beside it (%(default)s)",
     )
     parser.add_argument(

@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aimv2_eval.config import records_home
 from aimv2_eval.errors import UserError
 from aimv2_eval.report import references, regress, store
 
-DEFAULT_RECORDS = Path("records")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="folder of result records (%(default)s)")
+    parser.add_argument("--records", type=Path, default=records_home(),
+                        help="folder of result records (default: $AIMV2_EVAL_HOME/records = %(default)s)")
     parser.add_argument(
         "--references", type=Path, action="append",
         help="reference CSV file or folder (default: results/paper and results/embedded); repeatable",

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from aimv2_eval.config import cache_home
+from aimv2_eval.config import cache_home, records_home
 from aimv2_eval.errors import UserError
 from aimv2_eval.io import remove_stale_temps
 from aimv2_eval.locks import cell_lock
@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="autocast precision of the frozen backbone (default: fp32)")
-    parser.add_argument("--out", type=Path, default=Path("records"), help="records folder (default: records/)")
+    parser.add_argument("--out", type=Path, default=records_home(),
+                        help="records folder (default: $AIMV2_EVAL_HOME/records = %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="rerun a cell whose record exists")
     parser.add_argument("--resume", action="store_true", help="continue from the last completed epoch")
@@ -62,7 +63,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         if value is not None and not str(value).strip():
             raise UserError(f"{flag} is empty; give a name (`aimv2-eval list`) or drop the flag")
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                             ("--limit", args.limit, 1), ("--workers", args.workers, 0)):
+                             ("--limit", args.limit, 1), ("--workers", args.workers, 0), ("--seed", args.seed, 0)):
         if value is not None and value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if args.feature_cache is not None and getattr(args, "no_feature_cache", False):
