@@ -88,7 +88,7 @@ def test_headline_metric_under_another_name_matches(tmp_path):
 def test_released_lit_checkpoint_is_compared_with_table5(tmp_path, capsys):
     root = _write(tmp_path / "r", "aimv2-large-patch14-224-lit", "imagenet_zeroshot", [76.8])
     assert _regress(root) == 0
-    assert "paper table 5" in capsys.readouterr().out
+    assert "paper Table 5" in capsys.readouterr().out
 
 
 def test_ablation_rows_that_disagree_are_never_matched(tmp_path, capsys):
@@ -178,7 +178,7 @@ def test_pin_script_on_synthetic_records(tmp_path, capsys):
     broken = _write(tmp_path / "broken", "aimv2-tiny", "digits_probe", [10.0], phash="h", res=112)
     capsys.readouterr()
     assert cli(["regress", "--records", str(ok), "--references", str(out)]) == 0
-    assert "embedded" in capsys.readouterr().out
+    assert "pinned reference (seeds 0 1 2)" in capsys.readouterr().out  # labelled pinned, never "paper"
     assert cli(["regress", "--records", str(broken), "--references", str(out)]) == 1
 
 

@@ -24,11 +24,9 @@ def _params(n: int | None) -> str:
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
-    return "\n".join(lines)
+    from aimv2_eval.report.tables import text_table
+
+    return text_table(columns, [[r.get(c, "") for c in columns] for r in rows])
 
 
 def _backbones(pattern: str | None, raw: bool = False) -> list[dict]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aimv2_eval.errors import UserError
 from aimv2_eval.report import protocols
+from aimv2_eval.report.context import describe_source
 from aimv2_eval.report.leaderboard import Cell, measure
 from aimv2_eval.report.references import (
     MIN_EMBEDDED_TOLERANCE,
@@ -24,6 +25,7 @@ from aimv2_eval.report.references import (
     pinned_tolerance,
     tolerance_for,
 )
+from aimv2_eval.report.tables import text_table
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def format_table(checks: Sequence[Check]) -> str:
     rows = []
     for c in checks:
         std = f" ± {c.cell.std:.2f}" if c.cell.std is not None else ""
-        source = "embedded" if c.reference.table == "embedded" else f"paper table {c.reference.table}"
+        source = describe_source(c.reference)
         rows.append((
             "pass" if c.passed else "FAIL",
             c.cell.backbone,
@@ -106,11 +108,8 @@ def format_table(checks: Sequence[Check]) -> str:
             f"{c.tolerance:g}",
             source,
         ))
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in (header, *rows)]
     failed = sum(not c.passed for c in checks)
-    lines.append(f"{len(checks)} checked, {len(checks) - failed} passed, {failed} failed")
-    return "\n".join(lines)
+    return text_table(header, rows) + f"\n{len(checks)} checked, {len(checks) - failed} passed, {failed} failed"
 
 
 def pin_rows(
