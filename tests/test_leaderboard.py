@@ -102,6 +102,16 @@ def test_two_protocols_are_two_rows_with_their_settings(records, tmp_path):
     assert (old["epochs"], old["overrides"]) == ("3", "--epochs 3")
     tiny = [r.protocol_hash for r in board.rows if r.backbone == "aimv2-tiny"]
     assert tiny == ["new", "old"]  # the task's default protocol first
+    im = rows[(L224, "imagenet_probe", "p1")]
+    assert im["check"].startswith("paper Table 3 86.6 ± ") and im["check"].endswith(": pass")
+    assert new["check"] == "" and new["baselines"] == ""  # no reference; these records name no class count
+
+
+def test_rows_name_their_random_init_twin(records, tmp_path):
+    _write(records, "aimv2-tiny-random", "digits_probe", 0, {"top1": 70.0}, phash="rnd", res=112)
+    rows = _csv(leaderboard.write_csv(leaderboard.build(store.load_records(records), _index()), tmp_path / "lb.csv"))
+    assert rows[("aimv2-tiny", "digits_probe", "new")]["baselines"] == "random-init 70.00"  # same resolved protocol
+    assert rows[("aimv2-tiny", "digits_probe", "old")]["baselines"] == ""  # 3 epochs: not its twin
 
 
 def test_markdown_and_paper_layouts(records, tmp_path):
@@ -124,8 +134,10 @@ def test_markdown_and_paper_layouts(records, tmp_path):
 def test_command_writes_every_output(records, tmp_path):
     out = tmp_path / "board" / "lb.csv"
     assert cli(["leaderboard", "--records", str(records), "--out", str(out)]) == 0
+    (out.parent / "lb_table7.csv").write_text("left by an earlier leaderboard\n")
+    assert cli(["leaderboard", "--records", str(records), "--out", str(out)]) == 0
     names = {p.name for p in out.parent.iterdir()}
-    assert names == {"lb.csv", "lb.md", "lb.png", "lb_table3.csv", "lb_table4.csv", "lb_table7.csv", "lb_tableD3.csv"}
+    assert names == {"lb.csv", "lb.md", "lb.png", "lb_table3.csv"}  # no empty table for families without records
     assert (out.parent / "lb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Table 3 / B2" in (out.parent / "lb.md").read_text()
     rows = _csv(out)

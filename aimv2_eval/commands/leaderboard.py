@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--references", type=Path, action="append",
-        help="paper reference CSV file or folder (default: results/paper); repeatable",
+        help="reference CSV file or folder (default: results/paper and the pinned results/embedded); repeatable",
     )
 
 
@@ -38,7 +38,7 @@ def check_out(raw: str) -> Path:
 def main(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     records = store.load_for_report(args.records, "leaderboard")
-    paths = args.references or [references.PAPER_DIR]
+    paths = args.references or references.default_paths()
     index = references.Index(references.load(paths))
     board = leaderboard.build(records, index)
     for path in leaderboard.write_all(board, out):

@@ -75,19 +75,28 @@ def describe_source(ref: Any) -> str:
     return f"paper Table {ref.table}"
 
 
-def context_line(record: dict[str, Any], records_root: Path | None = None) -> str:
-    """`chance 10.0 (at chance) | random-init 70.1 | pinned reference (seeds 1 2 3) 74.56 ± 7.24: pass`."""
-    value = float(record["metrics"][record["main_metric"]])
+def context_parts(record: dict[str, Any], others: Sequence[dict[str, Any]] = (), value: float | None = None) -> list[str]:
+    """`chance 10.00 (at chance)`, `answer prior 31.20`, `random-init 70.00`: the baselines of the record's main
+    metric, and its random-init twin among `others`; `value`: the number to judge (default: the record's own)."""
+    value = float(record["metrics"][record["main_metric"]]) if value is None else value
     parts = []
     for name, base in baselines(record).items():
         at = " (at chance)" if name == "chance" and value <= base + max(1.0, 0.05 * base) else ""
         parts.append(f"{name} {base:.2f}{at}")
+    twins = random_init_twin(record, others)
+    if twins:
+        parts.append(f"random-init {sum(twins) / len(twins):.2f}")
+    return parts
+
+
+def context_line(record: dict[str, Any], records_root: Path | None = None) -> str:
+    """`chance 10.0 (at chance) | random-init 70.1 | pinned reference (seeds 1 2 3) 74.56 ± 7.24: pass`."""
+    others: list[dict[str, Any]] = []
     if records_root is not None and Path(records_root).is_dir():
         from aimv2_eval.report.store import scan_records
 
-        twins = random_init_twin(record, scan_records(Path(records_root))[0])
-        if twins:
-            parts.append(f"random-init {sum(twins) / len(twins):.2f}")
+        others = scan_records(Path(records_root))[0]
+    parts = context_parts(record, others)
     check = reference_check(record)
     if check is not None:
         verdict = "pass" if check.passed else "FAIL"

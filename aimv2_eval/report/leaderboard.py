@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aimv2_eval.report import protocols
-from aimv2_eval.report.references import Index, Reference
+from aimv2_eval.report.references import Index, Reference, tolerance_for
 
 # The paper layouts rebuilt from records: output suffix -> (title, the paper tables whose rows and columns it uses).
 LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -120,6 +120,9 @@ class Leaderboard:
     notes: list[str]
     # default-protocol cells by (backbone, resolution, task, metric): what the paper layouts show
     paper_cells: dict[tuple[str, str, str, str], Cell]
+    # per row (backbone, resolution, task, protocol hash): its main metric's baselines and random-init twin
+    context: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
+    families: dict[str, str] = field(default_factory=dict)  # task -> plugin, for the plot's panels
 
     def reference(self, cell: Cell) -> Reference | None:
         """The reference of this cell's protocol; None when there is none or it measured another protocol."""
@@ -138,6 +141,17 @@ class Leaderboard:
     def delta(self, cell: Cell) -> float | None:
         ref = self.reference(cell)
         return None if ref is None or ref.value is None else cell.mean - ref.value
+
+    def check(self, cell: Cell) -> str:
+        """`pinned reference (seeds 1 2 3) 74.56 ± 7.24: pass` for a cell with a reference of its protocol."""
+        from aimv2_eval.report.context import describe_source
+
+        ref = self.reference(cell)
+        if ref is None or ref.value is None:
+            return ""
+        tol = tolerance_for(ref)
+        verdict = "pass" if abs(cell.mean - ref.value) <= tol + 1e-9 else "FAIL"
+        return f"{describe_source(ref)} {ref.value:g} ± {tol:g}: {verdict}"
 
     @property
     def setting_keys(self) -> list[str]:
@@ -176,7 +190,26 @@ def build(records: Sequence[dict[str, Any]], index: Index) -> Leaderboard:
         order.setdefault(r.metric, len(order))
     metrics = sorted({c.metric for c in cells}, key=lambda m: (order.get(m, len(order)), m))
     paper_cells, notes = _paper_cells(cells)
-    return Leaderboard(_rows(cells), metrics, index, notes, paper_cells)
+    rows = _rows(cells)
+    return Leaderboard(rows, metrics, index, notes, paper_cells, _context(rows, records),
+                       {r["cell"]["task"]: (r.get("task_config") or {}).get("plugin") or "other" for r in records})
+
+
+def _context(rows: Sequence[Row], records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, str], str]:
+    """Each row's baselines (chance, trivial predictors) and random-init twin, from one of its records."""
+    from aimv2_eval.report.context import context_parts
+
+    first = {}
+    for rec in records:
+        c = rec["cell"]
+        first.setdefault((c["backbone"], _resolution(rec), c["task"], c["protocol_hash"]), rec)
+    out = {}
+    for row in rows:
+        key = (row.backbone, row.resolution, row.task, row.protocol_hash)
+        rec = first.get(key)
+        if rec is not None and rec.get("main_metric") in (rec.get("metrics") or {}):
+            out[key] = "; ".join(context_parts(rec, records, value=row.main.mean))
+    return out
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -190,13 +223,15 @@ def _setting(value: Any) -> str:
 
 
 def _head(lb: Leaderboard) -> list[str]:
-    return ["backbone", "resolution", "task", "protocol", *lb.setting_keys, "overrides", "seeds", "main metric"]
+    return ["backbone", "resolution", "task", "protocol", *lb.setting_keys, "overrides", "seeds", "main metric",
+            "baselines", "check"]
 
 
 def _head_values(lb: Leaderboard, row: Row) -> list[str]:
     return [row.backbone, row.resolution, row.task, row.protocol_hash,
             *[_setting(row.settings.get(k)) for k in lb.setting_keys],
-            protocols.describe_overrides(row.overrides), str(row.main.n), row.main.metric]
+            protocols.describe_overrides(row.overrides), str(row.main.n), row.main.metric,
+            lb.context.get((row.backbone, row.resolution, row.task, row.protocol_hash), ""), lb.check(row.main)]
 
 
 def write_csv(lb: Leaderboard, path: Path) -> Path:
@@ -321,38 +356,46 @@ def layout_markdown(lb: Leaderboard, lay: Layout) -> str:
 
 
 def plot(lb: Leaderboard, path: Path) -> Path | None:
-    """Measured vs reference, one panel per task metric that has at least one measured cell with a reference of
-    its protocol."""
+    """Measured vs reference, one panel per task family (plugin): a point per measured cell that has a reference of
+    its protocol, the seed std as its vertical bar and the reference's tolerance as its horizontal bar, a colour per
+    backbone (legend), each point labelled with its task and metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: dict[tuple[str, str], list[tuple[float, Cell]]] = defaultdict(list)
+    panels: dict[str, list[tuple[Reference, Cell]]] = defaultdict(list)
     for cell in (c for row in lb.rows for c in row.cells.values()):
         ref = lb.reference(cell)
         if ref is not None and ref.value is not None:
-            panels[(cell.task, cell.metric)].append((ref.value, cell))
+            panels[lb.families.get(cell.task, "other")].append((ref, cell))
     if not panels:
         return None
-    keys = sorted(panels)
-    ncols = min(4, len(keys))
-    nrows = math.ceil(len(keys) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4 * nrows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        pts = panels[key]
-        xs, ys = [p for p, _ in pts], [c.mean for _, c in pts]
-        errs = [c.std or 0.0 for _, c in pts]
-        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3)
-        lo, hi = min(xs + ys) - 1, max(xs + ys) + 1
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = paper")
-        for x, (_, c) in zip(xs, pts):
-            ax.annotate(c.backbone, (x, c.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_title(f"{key[0]} {key[1]}", fontsize=9)
-        ax.set_xlabel("paper")
+    families = sorted(panels)
+    backbones = sorted({c.backbone for pts in panels.values() for _, c in pts})
+    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 5), squeeze=False)
+    for ax, family in zip(axes.flat, families):
+        pts = panels[family]
+        for backbone in sorted({c.backbone for _, c in pts}):
+            mine = [(r, c) for r, c in pts if c.backbone == backbone]
+            ax.errorbar([r.value for r, _ in mine], [c.mean for _, c in mine],
+                        xerr=[tolerance_for(r) for r, _ in mine], yerr=[c.std or 0.0 for _, c in mine],
+                        fmt="o", capsize=3, color=colours[backbone], label=backbone)
+            for r, c in mine:
+                ax.annotate(f"{c.task} {c.metric}", (r.value, c.mean), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        values = [v for r, c in pts for v in (r.value - tolerance_for(r), r.value + tolerance_for(r),
+                                               c.mean - (c.std or 0.0), c.mean + (c.std or 0.0))]
+        lo, hi = min(values) - 1, max(values) + 1
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = reference")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_title(family)
+        ax.set_xlabel("reference (± tolerance)")
         ax.set_ylabel("measured (seed mean ± std)")
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -375,8 +418,12 @@ def write_all(lb: Leaderboard, out_csv: Path) -> list[Path]:
     md = to_markdown(lb)
     for name in LAYOUTS:
         lay = layout(lb, name)
-        written.append(write_layout_csv(lb, lay, out_csv.with_name(f"{out_csv.stem}_{name}.csv")))
-        md += "\n" + layout_markdown(lb, lay)
+        path = out_csv.with_name(f"{out_csv.stem}_{name}.csv")
+        if lay.rows:
+            written.append(write_layout_csv(lb, lay, path))
+            md += "\n" + layout_markdown(lb, lay)
+        else:  # no empty table for a family without records (and none left from an earlier leaderboard)
+            path.unlink(missing_ok=True)
     md_path = out_csv.with_suffix(".md")
     md_path.write_text(md)
     written.append(md_path)
