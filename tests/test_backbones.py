@@ -469,6 +469,7 @@ def test_list_backbones_command(capsys):
     rows = {line.split()[0]: line.split() for line in out[2:]}  # under the header's rule
     assert rows["aimv2-large-patch14-224"][1:5] == ["aimv2", "309.2M", "224", "no"]
     assert "aimv2-l," in rows["aimv2-large-patch14-224"]
+    assert any(line.strip().startswith("`timm:<model>") for line in out) and any("open_clip:" in line for line in out)
     assert main(["list", "backbones", "efficientnet*"]) == 0
     assert capsys.readouterr().out.splitlines()[2].split()[4] == "yes"
     assert main(["list", "backbones", "no-such-*"]) == 1

@@ -23,6 +23,7 @@ def _build(name: str, path: Path, pretrained: bool = True, weights: str | None =
 
 @register_resolver
 def resolve_checkpoint(name: str) -> BackboneSpec | None:
+    """`file:<path>`, or a path: an AIMv2 checkpoint folder (config.json + weights) or weights file."""
     explicit = name.startswith("file:")
     path = Path(name.removeprefix("file:")).expanduser()
     if not explicit and not path.exists():

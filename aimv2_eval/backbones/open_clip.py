@@ -226,7 +226,7 @@ for _name, (_model, _tag, _family, _res) in _NAMED.items():
 
 @register_resolver
 def resolve_open_clip(name: str) -> BackboneSpec | None:
-    """`open_clip:<model>[:<tag>]`, or `<model>:<tag>` for a model open_clip knows."""
+    """`open_clip:<model>[:<tag>]`, or `<model>:<tag>` for a model open_clip knows (e.g. ViT-B-16:openai)."""
     explicit = name.startswith("open_clip:")
     rest = name.removeprefix("open_clip:")
     if not explicit and ":" not in rest:

@@ -222,7 +222,7 @@ for _name, (_model, _res) in _NAMED.items():
 
 @register_resolver
 def resolve_timm(name: str) -> BackboneSpec | None:
-    """`timm:<model>[.<tag>]`: any timm ViT."""
+    """`timm:<model>[.<tag>]`: any timm ViT (e.g. timm:vit_small_patch16_224.augreg_in21k)."""
     if not name.startswith("timm:"):
         return None
     import timm

@@ -84,4 +84,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"no {args.kind} match {args.pattern!r}")
         return 1
     print(_table(rows, columns))
+    if args.kind == "backbones":
+        print(_open_ended())
     return 0
+
+
+def _open_ended() -> str:
+    """The name forms the resolvers accept besides the registered names (one line each, from their docstrings)."""
+    from aimv2_eval.backbones.base import RESOLVERS
+
+    forms = [(r.__doc__ or r.__name__).strip().splitlines()[0] for r in RESOLVERS]
+    return "\nalso accepted as --backbone (not listed above):\n" + "\n".join(f"  {f}" for f in forms)
