@@ -466,7 +466,8 @@ def test_list_backbones_command(capsys):
     assert main(["list", "backbones", "aimv2-l*"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["name", "family", "params", "resolution", "weights", "aliases"]
-    rows = {line.split()[0]: line.split() for line in out[2:]}  # under the header's rule
+    table = out[2: out.index("")]  # under the header's rule, above the open-ended forms
+    rows = {line.split()[0]: line.split() for line in table}
     assert rows["aimv2-large-patch14-224"][1:5] == ["aimv2", "309.2M", "224", "no"]
     assert "aimv2-l," in rows["aimv2-large-patch14-224"]
     assert any(line.strip().startswith("`timm:<model>") for line in out) and any("open_clip:" in line for line in out)
