@@ -181,13 +181,22 @@ class Checkpointer:
     `weights_only=True`, and refused when it belongs to another run (`fingerprint`)."""
 
     def __init__(self, path: str | Path | None, fingerprint: Any = None,
-                 fix: str = "rerun without --resume or delete it to start over") -> None:
+                 fix: str = "rerun without --resume or delete it to start over", every_minutes: float | None = None) -> None:
+        """`every_minutes`: also save inside an epoch once this long has passed since the last save (`due()`), so
+        that a long epoch (ImageNet on images, COCO) is not lost whole to a kill; None: at epoch ends only."""
         self.path = Path(path) if path is not None else None
         self.fingerprint, self.fix = fingerprint, fix
+        self.every_s = None if every_minutes is None else 60.0 * every_minutes
+        self.last_save = time.monotonic()
+        self.position: dict[str, Any] | None = None  # where inside an epoch the resumed state was saved
+
+    def due(self) -> bool:
+        return self.path is not None and self.every_s is not None and time.monotonic() - self.last_save >= self.every_s
 
     def save(self, state: dict[str, Any]) -> None:
         if self.path is not None:
             torch_save_atomic(self.path, {**state, "fingerprint": self.fingerprint, "rng": rng_state()})
+            self.last_save = time.monotonic()
 
     def load(self) -> dict[str, Any] | None:
         """The saved state (RNG states restored), or None when there is none."""
@@ -208,19 +217,24 @@ class Checkpointer:
         return state
 
     def save_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int,
-                   history: list) -> None:
-        """What an epoch-based plugin resumes from: the trainable state, the optimizer, the history so far."""
+                   history: list, position: dict[str, Any] | None = None) -> None:
+        """What an epoch-based plugin resumes from: the trainable state, the optimizer, the history so far; with
+        `position` ({"step": updates done in epoch `epochs_done`, ...the loop's running sums}), a state saved
+        inside that epoch."""
         self.save({"model": trainable_state(model), "optim": optimizer.state_dict(), "history": history,
-                   "epochs_done": epochs_done})
+                   "epochs_done": epochs_done, "position": position})
 
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, enabled: bool) -> tuple[int, list]:
         """(epochs done, history) of the state `save_epoch` left, loaded into `model` and `optimizer`;
-        (0, []) when not resuming or when there is nothing to resume."""
+        (0, []) when not resuming or when there is nothing to resume. A state saved inside an epoch leaves its
+        position in `self.position`: the loop skips the updates it already made (data order and augmentation
+        are seeded per epoch and sample, so the skipped batches are exactly those)."""
         state = self.load() if enabled else None
         if state is None:
             return 0, []
         model.load_state_dict(state["model"], strict=False)  # frozen parts come from their sources
         optimizer.load_state_dict(state["optim"])
+        self.position = state.get("position")
         return int(state["epochs_done"]), list(state["history"])
 
 

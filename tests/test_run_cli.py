@@ -111,6 +111,36 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, monkeypatch,
         assert x == pytest.approx(y, abs=1e-5)
 
 
+def test_resume_from_inside_an_epoch_gives_the_same_metrics(tmp_path, monkeypatch):
+    """A long epoch is checkpointed every --checkpoint-minutes (0: every update); killed after the second update
+    of the second epoch, --resume skips exactly the updates made and ends where an uncut run ends."""
+    from aimv2_eval import engine
+
+    assert main(small(tmp_path / "full")) == 0
+    original = engine.Checkpointer.save
+    positions: list[tuple[int, int]] = []
+
+    def save_then_crash(self, state):
+        original(self, state)
+        positions.append((state["epochs_done"], (state.get("position") or {}).get("step", 0)))
+        if positions[-1] == (1, 2):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.Checkpointer, "save", save_then_crash)
+    assert main(small(tmp_path / "cut", "--checkpoint-minutes", "0")) == 130
+    assert positions[:3] == [(0, 1), (0, 2), (1, 0)]  # every update inside an epoch (3 per epoch), then its end
+    positions.clear()
+    monkeypatch.setattr(engine.Checkpointer, "save", lambda self, state: (
+        original(self, state), positions.append((state["epochs_done"], (state.get("position") or {}).get("step", 0)))))
+    assert main(small(tmp_path / "cut", "--resume")) == 0
+    assert positions[0] == (2, 0)  # the rest of epoch 2 ran (default: no mid-epoch save in seconds), then epoch 3
+    [full], [cut] = records(tmp_path / "full"), records(tmp_path / "cut")
+    a, b = json.loads(full.read_text()), json.loads(cut.read_text())
+    assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+    for x, y in zip(a["selection"]["candidates"], b["selection"]["candidates"]):
+        assert x == pytest.approx(y, abs=1e-5)
+
+
 def test_missing_weights_and_data_end_in_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "AIMV2_EVAL_DATA": str(tmp_path)}
     proc = subprocess.run(

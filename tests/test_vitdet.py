@@ -341,30 +341,35 @@ def test_run_end_to_end_and_ap_recomputes_from_the_predictions(tmp_path, engine)
 
 
 # ---------------------------------------------------------------- 6. resume
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kill_at", [(1, 0), (1, 1)], ids=["after-epoch-1", "inside-epoch-2"])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch, kill_at):
+    """Killed right after the first epoch's checkpoint, or after the first update of the second epoch (saved with
+    --checkpoint-minutes 0, every update): --resume ends where an uncut run ends, loss history included."""
     task_path = _task_file(tmp_path, "torchvision")
-    assert cli(_run(task_path, tmp_path / "full", "--epochs", "2")) == 0
+    assert cli(_run(task_path, tmp_path / "full", "--epochs", "2", "--batch-size", "4")) == 0
     full = _record(tmp_path / "full")
 
     original = Checkpointer.save
-    saved: list[int] = []
+    saved: list[tuple[int, int]] = []
 
-    def save_then_stop(self, state):  # killed right after the first epoch's checkpoint
+    def where(state) -> tuple[int, int]:
+        return state["epochs_done"], (state.get("position") or {}).get("step", 0)
+
+    def save_then_stop(self, state):
         original(self, state)
-        saved.append(state["epochs_done"])
-        if state["epochs_done"] == 1:
+        saved.append(where(state))
+        if saved[-1] == kill_at:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Checkpointer, "save", save_then_stop)
     cut = tmp_path / "cut"
-    assert cli(_run(task_path, cut, "--epochs", "2")) == 130
-    assert saved == [1] and list(cut.rglob("*.ckpt"))
+    assert cli(_run(task_path, cut, "--epochs", "2", "--batch-size", "4", "--checkpoint-minutes", "0")) == 130
+    assert saved[-1] == kill_at and list(cut.rglob("*.ckpt"))
     assert not [p for p in cut.rglob("*.json") if not p.name.startswith(".")]  # no record for a killed run
     saved.clear()
-    monkeypatch.setattr(Checkpointer, "save", lambda self, state: (original(self, state),
-                                                                   saved.append(state["epochs_done"])))
-    assert cli(_run(task_path, cut, "--epochs", "2", "--resume")) == 0
-    assert saved == [2]  # continued from the last completed epoch
+    monkeypatch.setattr(Checkpointer, "save", lambda self, state: (original(self, state), saved.append(where(state))))
+    assert cli(_run(task_path, cut, "--epochs", "2", "--batch-size", "4", "--resume")) == 0
+    assert saved == [(2, 0)]  # continued from where it was cut
     resumed = _record(cut)
     assert len(full["details"]["train_loss_per_epoch"]) == 2
     assert resumed["details"]["train_loss_per_epoch"] == full["details"]["train_loss_per_epoch"]

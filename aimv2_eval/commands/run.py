@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on images with augmentation even where the task caches tokens by default")
     parser.add_argument("--data-root", type=Path, help="folder with local dataset copies (default: $AIMV2_EVAL_DATA or ~/data)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0, metavar="M",
+                        help="also save the resumable state inside an epoch every M minutes (default: 10; 0: every step)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars; one line per epoch (loss, img/s) is printed either way")
 
@@ -63,7 +65,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         if value is not None and not str(value).strip():
             raise UserError(f"{flag} is empty; give a name (`aimv2-eval list`) or drop the flag")
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                             ("--limit", args.limit, 1), ("--workers", args.workers, 0), ("--seed", args.seed, 0)):
+                             ("--limit", args.limit, 1), ("--workers", args.workers, 0), ("--seed", args.seed, 0),
+                             ("--checkpoint-minutes", getattr(args, "checkpoint_minutes", 0), 0)):
         if value is not None and value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if args.feature_cache is not None and getattr(args, "no_feature_cache", False):
@@ -122,7 +125,7 @@ def plan_cell(args: argparse.Namespace) -> CellPlan:
     options = RunOptions(
         epochs=args.epochs, batch_size=args.batch_size, limit=args.limit, precision=args.precision, seed=args.seed,
         feature_cache=_feature_cache(args, default_cache), resume=args.resume, data_root=args.data_root,
-        workers=args.workers, progress=not args.no_progress,
+        workers=args.workers, progress=not args.no_progress, checkpoint_minutes=args.checkpoint_minutes,
     )
     meta = describe_backbone(spec.name, args.weights)  # the architecture, without loading weights
 

@@ -79,18 +79,23 @@ def train_epochs(model: nn.Module, optim: torch.optim.Optimizer, schedule: Sched
     per_epoch = steps_per_epoch(positions, batch_size)
     start_epoch, history = checkpointer.resume(model, optim, options.resume)
     wrapped = wrap_ddp(model, ctx.device) if ctx.distributed else model
-    bar = Progress((epochs - start_epoch) * per_epoch, desc, enabled=options.progress and ctx.is_main,
+    resumed = checkpointer.position or {}  # a state saved inside epoch `start_epoch`: skip its updates
+    skip = int(resumed.get("step", 0))
+    bar = Progress((epochs - start_epoch) * per_epoch - skip, desc, enabled=options.progress and ctx.is_main,
                    epochs=(start_epoch, epochs))
     trainable = [q for q in model.parameters() if q.requires_grad]
     start, images_seen = time.perf_counter(), 0
     for epoch in range(start_epoch, epochs):
         samples.epoch = epoch
         order = positions[epoch_permutation(len(positions), options.seed, epoch)]
-        batches = [shard(b, ctx) for b in batch_slices(order, batch_size)]
+        batches = [shard(b, ctx) for b in batch_slices(order, batch_size)][skip:]
+        # The loader's own generator: creating an iterator draws a worker seed, which from the global RNG would
+        # shift every random draw after it (drop path) between a run cut inside an epoch and an uncut one.
         loader = torch.utils.data.DataLoader(samples, batch_sampler=batches, num_workers=options.workers,
-                                             collate_fn=collate)
-        losses = []
-        for i, batch in enumerate(loader):
+                                             collate_fn=collate,
+                                             generator=torch.Generator().manual_seed(options.seed * 1_000_003 + epoch))
+        losses = list(resumed.get("losses", [])) if skip else []
+        for i, batch in enumerate(loader, start=skip):
             step = epoch * per_epoch + i
             schedule.set(step)
             with autocast(ctx.device, precision):
@@ -104,6 +109,9 @@ def train_epochs(model: nn.Module, optim: torch.optim.Optimizer, schedule: Sched
             losses.append(float(loss.detach()))
             images_seen += n * ctx.world_size
             bar.update(1, loss=f"{losses[-1]:.3f}")
+            if ctx.is_main and i + 1 < per_epoch and checkpointer.due():
+                checkpointer.save_epoch(model, optim, epoch, history, position={"step": i + 1, "losses": losses})
+        skip = 0
         mean = torch.tensor([sum(losses), len(losses)], dtype=torch.float64)
         all_reduce_sum(mean, ctx)
         history.append(round(float(mean[0] / max(1.0, float(mean[1]))), 5))

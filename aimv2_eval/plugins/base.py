@@ -34,6 +34,7 @@ class RunOptions:
     workers: int = 0
     progress: bool = True
     output_dir: Path | None = None  # where the plugin writes predictions (published with the record)
+    checkpoint_minutes: float | None = 10.0  # also checkpoint inside an epoch this often (None: at epoch ends only)
 
 
 @dataclass

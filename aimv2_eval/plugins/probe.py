@@ -428,7 +428,8 @@ class _ProbeRun:
         self.caches: dict[str, np.ndarray] = {}
         self.throughput: dict[str, float] = {}
         self.progress = options.progress and ctx.is_main
-        self.checkpointer = Checkpointer(options.checkpoint, fingerprint=json.loads(json.dumps(protocol)))
+        self.checkpointer = Checkpointer(options.checkpoint, fingerprint=json.loads(json.dumps(protocol)),
+                                         every_minutes=options.checkpoint_minutes)
 
     # ------------------------------------------------------------ tokens
     def _prepare_cache(self) -> None:
@@ -506,14 +507,20 @@ class _ProbeRun:
         steps = len(sizes)
         schedule = Schedule(self.optim, epochs * steps, int(round(self.p["warmup_epochs"] * steps)), self.p["min_lr"])
         history = self.history
-        bar = Progress((epochs - start_epoch) * steps, f"{self.task.name}: training {len(self.configs)} heads",
+        resumed = self.checkpointer.position or {}  # a state saved inside epoch `start_epoch`
+        skip = int(resumed.get("step", 0))
+        bar = Progress((epochs - start_epoch) * steps - skip, f"{self.task.name}: training {len(self.configs)} heads",
                        enabled=self.progress, epochs=(start_epoch, epochs))
         for epoch in range(start_epoch, epochs):
             self.model.train()
             loss_sum = torch.zeros(len(self.configs), dtype=torch.float64, device=self.ctx.device)
             start, seen = time.perf_counter(), 0
-            batches = self._batches("train", self.data.train, self._epoch_batches(epoch), not self.cached, epoch)
-            for i, (tokens, y) in enumerate(batches):
+            if skip:  # the updates made before the mid-epoch checkpoint, and their running sums
+                loss_sum += torch.tensor(resumed["loss_sum"], dtype=torch.float64, device=self.ctx.device)
+                seen = int(resumed["seen"])
+            positions = self._epoch_batches(epoch)[skip:]
+            batches = self._batches("train", self.data.train, positions, not self.cached, epoch)
+            for i, (tokens, y) in enumerate(batches, start=skip):
                 schedule.set(epoch * steps + i)
                 tokens = self._empty_tokens() if tokens is None else tokens
                 tokens, y = tokens.to(self.ctx.device), y.to(self.ctx.device)
@@ -533,6 +540,10 @@ class _ProbeRun:
                                loss=f"{float(per_probe.detach().min()) / max(1, len(y)):.3f}")
                 else:
                     bar.update(1)
+                if self.ctx.is_main and i + 1 < steps and self.checkpointer.due():
+                    self.checkpointer.save_epoch(self.grid, self.optim, epoch, history, position={
+                        "step": i + 1, "loss_sum": loss_sum.cpu().tolist(), "seen": seen})
+            skip = 0
             all_reduce_sum(loss_sum, self.ctx)
             history.append((loss_sum / len(self.data.train_pos)).cpu().tolist())
             seconds = time.perf_counter() - start

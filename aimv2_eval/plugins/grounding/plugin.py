@@ -307,7 +307,8 @@ class _GroundingRun:
         history, images_per_s = finetune.train_epochs(
             self.model, optim, schedule, samples, positions, epochs=p["epochs"], batch_size=p["batch_size"],
             collate=_collate, step_loss=step_loss,
-            checkpointer=Checkpointer(self.opt.checkpoint, fingerprint={"training_key": key}), options=self.opt,
+            checkpointer=Checkpointer(self.opt.checkpoint, fingerprint={"training_key": key},
+                                      every_minutes=self.opt.checkpoint_minutes), options=self.opt,
             ctx=self.ctx, precision=p["precision"], grad_clip=p["grad_clip"], desc=f"{self.task.name}: training")
         return {"train_loss_per_epoch": history, "samples": len(positions), "train_images_per_s": images_per_s}
 

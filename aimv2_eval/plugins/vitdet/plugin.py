@@ -171,7 +171,8 @@ class _VitdetRun:
         self.history, self.throughput["train_images_per_s"] = finetune.train_epochs(
             self.model, optim, schedule, TransformedDetection(self.train_set, self.train_tf), positions,
             epochs=p["epochs"], batch_size=p["batch_size"], collate=collate_detection, step_loss=step_loss,
-            checkpointer=Checkpointer(self.opt.checkpoint, fingerprint=json.loads(json.dumps(p))),
+            checkpointer=Checkpointer(self.opt.checkpoint, fingerprint=json.loads(json.dumps(p)),
+                                      every_minutes=self.opt.checkpoint_minutes),
             options=self.opt, ctx=self.ctx, precision=p["precision"], grad_clip=p["grad_clip"],
             desc=f"{self.task.name}: training")
 
