@@ -360,3 +360,15 @@ def test_tiny_checkpoint_learned_to_see_colours():
         probe[name] = _attentive_probe(tokens, labels)
     assert acc["trained"] > 0.6 and acc["random"] < 0.4, acc
     assert probe["trained"] > probe["random"] + 0.03, probe
+
+
+def test_recipe_outputs_never_land_in_the_package_or_the_current_folder(tmp_path, monkeypatch):
+    """A recipe's relative run.out_dir goes under $AIMV2_EVAL_HOME/pretrain and its export inside it; only a folder
+    given on the command line is relative to the current folder (how the bundled tiny model is replaced)."""
+    monkeypatch.setenv("AIMV2_EVAL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    run = load_config("tiny")["run"]
+    assert run["out_dir"] == str(tmp_path / "home" / "pretrain" / "runs" / "aimv2-tiny")
+    assert run["export_dir"] == str(tmp_path / "home" / "pretrain" / "runs" / "aimv2-tiny" / "export")
+    run = load_config("tiny", ["run.export_dir=aimv2_eval/assets/aimv2-tiny"])["run"]
+    assert run["export_dir"] == str(tmp_path / "aimv2_eval" / "assets" / "aimv2-tiny")

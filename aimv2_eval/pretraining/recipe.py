@@ -110,6 +110,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
         raise UserError(f"{file} must hold a mapping of sections (model, text, data, optim, ...), got "
                         f"{type(recipe).__name__}; see configs/pretrain/tiny.yaml")
     cfg = deep_merge(DEFAULTS, recipe, strict=True)
+    _place_outputs(cfg["run"], Path.cwd())
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} is not key=value")
@@ -122,9 +123,23 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
         except yaml.YAMLError as exc:
             raise UserError(f"override {item!r}: the value is not YAML ({str(exc).splitlines()[0]}); quote it") from None
         _set(cfg, key.strip(), value)
+        if key.strip() in ("run.out_dir", "run.export_dir") and isinstance(value, str):
+            _set(cfg, key.strip(), str(Path(value).expanduser().absolute()))  # given here: from the current folder
     cfg = deep_merge(DEFAULTS, cfg, strict=True)  # re-check the keys overrides introduced
     check_config(cfg)
     return cfg
+
+
+def _place_outputs(run: dict, cwd: Path) -> None:
+    """Where a recipe file's relative folders go, whatever the current folder: run.out_dir under
+    $AIMV2_EVAL_HOME/pretrain, run.export_dir inside run.out_dir. Never into the installed package: replacing the
+    bundled tiny model takes an explicit `run.export_dir=aimv2_eval/assets/aimv2-tiny` on the command line."""
+    from aimv2_eval.config import home
+
+    if isinstance(run.get("out_dir"), str) and not Path(run["out_dir"]).expanduser().is_absolute():
+        run["out_dir"] = str(home() / "pretrain" / run["out_dir"])
+    if isinstance(run.get("export_dir"), str) and not Path(run["export_dir"]).expanduser().is_absolute():
+        run["export_dir"] = str(Path(run["out_dir"]) / run["export_dir"])
 
 
 # ---------------------------------------------------------------- value checks
