@@ -24,3 +24,13 @@ class UserError(Exception):
 
 
 _WORKER_MARK = "Original Traceback (most recent call last):"
+
+
+def first_line(exc: BaseException, named: bool = False) -> str:
+    """An exception's first line (at most 200 characters) for a one-line error: library messages run over many
+    lines. `named`: prefixed with the exception's type. Its type alone when it has no message."""
+    text = str(exc).strip()
+    line = text.splitlines()[0][:200] if text else ""
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if named else line

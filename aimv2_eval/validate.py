@@ -25,10 +25,11 @@ def at(task: Any, field: str) -> str:
 
 
 def fail(where: str, want: str, value: Any, hint: str = "fix it in the task file") -> UserError:
-    return UserError(f"{where} must be {want}, got {_show(value)}; {hint}")
+    return UserError(f"{where} must be {want}, got {shown(value)}; {hint}")
 
 
-def _show(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut at 60 characters."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

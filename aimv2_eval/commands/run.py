@@ -180,13 +180,12 @@ def main(args: argparse.Namespace) -> int:
     if args.weights is not None and len(backbones) > 1:
         raise UserError("--weights replaces one backbone's weights; give one --backbone with it")
     cells = [argparse.Namespace(**{**vars(args), "backbone": b, "task": t}) for b in backbones for t in tasks]
-    for cell in cells:  # every name and protocol checked before the first cell runs
-        plan_cell(cell)
+    plans = [plan_cell(cell) for cell in cells]  # every name and protocol checked before the first cell runs
     codes = []
-    for i, cell in enumerate(cells, 1):
+    for i, (cell, plan) in enumerate(zip(cells, plans), 1):
         print(f"[{i}/{len(cells)}] {cell.backbone} x {cell.task}", file=sys.stderr)
         try:
-            codes.append(run_cell(cell))
+            codes.append(run_cell(cell, plan))
         except UserError as exc:  # one failed cell does not stop the others
             print(f"aimv2-eval run: error: {cell.backbone} x {cell.task}: {exc}", file=sys.stderr)
             codes.append(2)
@@ -218,10 +217,10 @@ def expand_names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
             expand(args.task, "--task", lambda p: task_registry(args.tasks_dir).list(p)))
 
 
-def run_cell(args: argparse.Namespace) -> int:
-    """One cell: skipped when its record exists, otherwise run under the cell's lock."""
+def run_cell(args: argparse.Namespace, cell: CellPlan | None = None) -> int:
+    """One cell (planned from `args` unless given): skipped when its record exists, otherwise run under its lock."""
     start = time.perf_counter()
-    cell = plan_cell(args)
+    cell = cell or plan_cell(args)
     path, cell_backbone, task = cell.path, cell.backbone, cell.task
     if path.exists() and not args.overwrite:
         print(f"skip {cell_backbone} x {task.name}: {path} exists (--overwrite to rerun)")

@@ -38,8 +38,9 @@ from safetensors.torch import load_file, save_file
 
 from aimv2_eval.core.encoder import AIMv2Encoder, EncoderConfig
 from aimv2_eval.core.variants import HEADS_BY_WIDTH
-from aimv2_eval.errors import UserError
+from aimv2_eval.errors import UserError, first_line
 from aimv2_eval.io import atomic_write, write_text_atomic
+from aimv2_eval.validate import shown
 
 SCHEMES = ("apple", "hf", "timm")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "model.pt", "model.pth")
@@ -49,17 +50,6 @@ REDOWNLOAD = "re-download the checkpoint"
 
 
 # ---------------------------------------------------------------- one-line errors
-def first_line(exc: BaseException) -> str:
-    """`Type: first line`: library messages can run over many lines (torch's advice among them); ours are one."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 _JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
                type(None): "null"}
 
@@ -69,7 +59,7 @@ def read_json_object(path: Path, fix: str = REDOWNLOAD) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
-        raise UserError(f"{path} is not valid JSON ({first_line(exc)}); {fix}") from None
+        raise UserError(f"{path} is not valid JSON ({first_line(exc, named=True)}); {fix}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} holds {_JSON_KINDS.get(type(data), type(data).__name__)}, not a JSON object; {fix}")
     return data
@@ -81,7 +71,7 @@ def config_section(config: dict, key: str, where: str | Path) -> dict:
     if section is None:
         return {}
     if not isinstance(section, dict):
-        raise UserError(f"{where}: {key} must be a JSON object, got {_shown(section)}; {REDOWNLOAD}")
+        raise UserError(f"{where}: {key} must be a JSON object, got {shown(section)}; {REDOWNLOAD}")
     return section
 
 
@@ -99,14 +89,14 @@ def check_config_fields(config: dict, where: str | Path) -> dict:
     for key in _INT_FIELDS:
         value = config.get(key)
         if value is not None and not is_positive_int(value):
-            raise UserError(f"{where}: {key} must be a positive integer, got {_shown(value)}; fix or re-download it")
+            raise UserError(f"{where}: {key} must be a positive integer, got {shown(value)}; fix or re-download it")
     for key in _FLOAT_FIELDS:
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
-            raise UserError(f"{where}: {key} must be a positive number, got {_shown(value)}; fix or re-download it")
+            raise UserError(f"{where}: {key} must be a positive number, got {shown(value)}; fix or re-download it")
     if config.get("is_native") is not None and not isinstance(config["is_native"], bool):
-        raise UserError(f"{where}: is_native must be true or false, got {_shown(config['is_native'])}; fix it")
+        raise UserError(f"{where}: is_native must be true or false, got {shown(config['is_native'])}; fix it")
     heads = config.get("num_attention_heads") or config.get("num_heads")
     width = config.get("hidden_size")
     if heads and width and width % heads:
@@ -374,7 +364,7 @@ def read_state_dict(path: Path, device: str = "cpu") -> StateDict:
         raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors; pass an AIMv2 checkpoint")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise UserError(f"{path} is not a state dict of tensors ({_shown(bad[0])} holds a "
+        raise UserError(f"{path} is not a state dict of tensors ({shown(bad[0])} holds a "
                         f"{type(obj[bad[0]]).__name__}); pass an AIMv2 checkpoint")
     return obj
 
@@ -393,7 +383,7 @@ def _read_safetensors(path: Path, device: str) -> StateDict:
                                    dtype=_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), torch.float32))
                     for k in f.keys()}
     except Exception as exc:  # a damaged header, a truncated file, random bytes
-        raise UserError(f"cannot read weights from {path} ({first_line(exc)}); re-download the file") from None
+        raise UserError(f"cannot read weights from {path} ({first_line(exc, named=True)}); re-download the file") from None
 
 
 def torch_load_checked(path: Path, what: str, fix: str, unsafe_fix: str = "convert it to safetensors",
@@ -420,7 +410,7 @@ def torch_load_checked(path: Path, what: str, fix: str, unsafe_fix: str = "conve
                             f"{unsafe_fix}") from None
         raise UserError(f"cannot read {what} {path} (not a torch checkpoint, or a damaged one); {fix}") from None
     except Exception as exc:
-        raise UserError(f"cannot read {what} {path} ({first_line(exc)}); {fix}") from None
+        raise UserError(f"cannot read {what} {path} ({first_line(exc, named=True)}); {fix}") from None
 
 
 def read_sharded(index: Path, device: str = "cpu") -> StateDict:
@@ -431,7 +421,7 @@ def read_sharded(index: Path, device: str = "cpu") -> StateDict:
                         f"name -> shard file); {REDOWNLOAD}")
     for shard in weight_map.values():
         if not isinstance(shard, str) or not shard.strip() or shard.endswith(".index.json"):
-            raise UserError(f"{index}: the weight map names {_shown(shard)} as a shard; expected file names such as "
+            raise UserError(f"{index}: the weight map names {shown(shard)} as a shard; expected file names such as "
                             f"model-00001-of-00002.safetensors; {REDOWNLOAD}")
     shards = sorted(set(weight_map.values()))
     absent = [s for s in shards if not (index.parent / s).is_file()]
@@ -501,7 +491,7 @@ def resolve_hub(repo_id: str, patterns: list[str] | None = None, download: bool 
                             f"gated: run `hf auth login`); check the name, {local}") from None
         raise UserError(
             f"weights for {repo_id!r} are not in the Hugging Face cache and could not be downloaded "
-            f"({first_line(exc)}); run `hf download {repo_id}` where there is network, {local}"
+            f"({first_line(exc, named=True)}); run `hf download {repo_id}` where there is network, {local}"
         ) from None
 
 
@@ -569,7 +559,7 @@ def read_checkpoint(source: str | Path, device: str = "cpu") -> LoadedCheckpoint
     vision = config.get("vision_config", config)
     if vision is not None and not isinstance(vision, dict):
         raise UserError(f"{weights.parent / 'config.json'}: vision_config must be a JSON object, got "
-                        f"{_shown(vision)}; {REDOWNLOAD}")
+                        f"{shown(vision)}; {REDOWNLOAD}")
     return LoadedCheckpoint(encoder_state, extra, vision or {}, scheme, weights)
 
 

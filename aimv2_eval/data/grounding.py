@@ -55,11 +55,11 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
-from aimv2_eval.data.detection import DetectionSet, _build, _first_line, _quiet_coco, open_coco
+from aimv2_eval.data.detection import DetectionSet, _build, _quiet_coco, open_coco
 from aimv2_eval.data.images import open_image, to_rgb
 from aimv2_eval.data.scenes import COLORS, SHAPES, SceneDataset, grounding_expressions
 from aimv2_eval.data.sources import DATA_ROOT_ENV, data_root
-from aimv2_eval.errors import UserError
+from aimv2_eval.errors import UserError, first_line
 
 GROUNDING_SOURCES = ("odvg", "mdetr", "coco", "lvis", "hf", "scenes_rec", "scenes_ovd")
 KINDS = ("detection", "rec", "phrases")
@@ -222,7 +222,7 @@ def _read_json(path: Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({_first_line(exc)}); re-download or fix the file") from None
+        raise UserError(f"{path} is not valid JSON ({first_line(exc)}); re-download or fix the file") from None
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
@@ -237,7 +237,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
             try:
                 out.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {n} is not valid JSON ({_first_line(exc)}); fix or remove that line") from None
+                raise UserError(f"{path} line {n} is not valid JSON ({first_line(exc)}); fix or remove that line") from None
     return out
 
 

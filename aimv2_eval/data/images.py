@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from aimv2_eval.errors import UserError
+from aimv2_eval.errors import UserError, first_line
 
 # Greyscale wider than 8 bits: a plain convert would clip at 255, so these are rescaled to their own range.
 WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -30,11 +30,6 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFEr
 class ImageError(UserError):
     """One image that cannot be decoded or converted; the message names it and says what to do (one line even when
     a DataLoader worker raised it: `UserError` keeps the worker's message only)."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _rescale_grey(img: Image.Image) -> Image.Image:
@@ -57,7 +52,7 @@ def to_rgb(img: Image.Image | np.ndarray, where: str = "") -> Image.Image:
             img = Image.fromarray(arr)
         except (TypeError, ValueError) as exc:
             raise ImageError(f"{what}: an array of shape {arr.shape} and dtype {arr.dtype} is not an image "
-                            f"({_first_line(exc)}); store it as uint8 HxW or HxWx3") from None
+                            f"({first_line(exc)}); store it as uint8 HxW or HxWx3") from None
     if img.mode == "RGB":
         return img
     mode = img.mode
@@ -71,7 +66,7 @@ def to_rgb(img: Image.Image | np.ndarray, where: str = "") -> Image.Image:
             return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         return img.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise ImageError(f"cannot convert {what} from mode {mode} to RGB ({_first_line(exc)}); "
+        raise ImageError(f"cannot convert {what} from mode {mode} to RGB ({first_line(exc)}); "
                         "re-save it as RGB") from None
 
 
@@ -86,8 +81,8 @@ def open_image(src: str | Path | bytes, where: str | None = None) -> Image.Image
                 img.load()
                 return to_rgb(img, where)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image {where} is too large to decode safely ({_first_line(exc).rstrip('.')}); "
+        raise ImageError(f"image {where} is too large to decode safely ({first_line(exc).rstrip('.')}); "
                          "shrink or remove it, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine") from None
     except DECODE_ERRORS as exc:
-        raise ImageError(f"cannot read image {where} ({type(exc).__name__}: {_first_line(exc)}); "
+        raise ImageError(f"cannot read image {where} ({type(exc).__name__}: {first_line(exc)}); "
                          "remove or replace the file") from None

@@ -54,7 +54,7 @@ from PIL import Image
 from aimv2_eval.data.images import open_image, to_rgb
 from aimv2_eval.data.scenes import CAPTION_OPENERS, Scene, SceneDataset
 from aimv2_eval.data.sources import data_root
-from aimv2_eval.errors import UserError
+from aimv2_eval.errors import UserError, first_line
 
 # The paper's prompts (Table C2).
 VQA_PROMPT = "Answer the question using a single word or phrase."
@@ -100,11 +100,6 @@ class MMSet(Protocol):
     def meta(self, i: int) -> MMSample: ...
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _check_index(i: int, n: int, name: str) -> int:
     i = int(i)
     if not 0 <= i < n:
@@ -124,7 +119,7 @@ def _decode(value: Any, where: str) -> Image.Image:
     except UserError as exc:
         raise SampleError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - decoders raise anything (SyntaxError for a broken PNG, ...)
-        raise SampleError(f"{where}: image does not decode ({type(exc).__name__}: {_first_line(exc)}); "
+        raise SampleError(f"{where}: image does not decode ({type(exc).__name__}: {first_line(exc)}); "
                           "replace or remove it") from None
     raise SampleError(f"{where}: no image (the image cell holds {type(value).__name__})")
 
@@ -272,7 +267,7 @@ class FieldMap:
             p = self.choices if name == "choices" else self.paths.get(name)
             text = ", ".join(q.text for q in p) if isinstance(p, list) else p.text if p else name
             raise FieldError(f"{where} row {position}: data.fields.{name} {text!r} does not fit the row "
-                              f"({type(exc).__name__}: {_first_line(exc)}); fix the field mapping") from None
+                              f"({type(exc).__name__}: {first_line(exc)}); fix the field mapping") from None
         return {"sample_id": sid, "question": _question(out["question"], out["context"]), "answers": answers,
                 "choices": choices or None, "question_type": out["question_type"], "image_id": out["image_id"] or None}
 
@@ -302,7 +297,7 @@ def _load_hf(id_: str, config: str | None, split: str, revision: str | None, loa
         raise
     except Exception as exc:  # offline, gated, unknown id or split: all mean "the data is not here"
         what = f"{id_}" + (f" ({config})" if config else "")
-        raise UserError(f"data missing: HF dataset {what} split {split!r} did not load ({_first_line(exc)}); "
+        raise UserError(f"data missing: HF dataset {what} split {split!r} did not load ({first_line(exc)}); "
                         f"{help_text}") from None
     return ds
 
@@ -413,9 +408,9 @@ class HFMMSet:
             raise
         except (KeyError, IndexError, TypeError) as exc:
             raise SampleError(f"{where}: data.fields.image {image_path.text!r} does not fit the row "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+                              f"({type(exc).__name__}: {first_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - `datasets` decodes the cell on access: a corrupt image fails here
-            raise SampleError(f"{where}: image does not decode ({type(exc).__name__}: {_first_line(exc)}); "
+            raise SampleError(f"{where}: image does not decode ({type(exc).__name__}: {first_line(exc)}); "
                               "replace or remove it") from None
         return _sample(values, _decode(cell, where), values["sample_id"])
 
@@ -605,7 +600,7 @@ class _HFRowImage:
         try:
             cell = self.ds[self.row][self.column]
         except Exception as exc:  # noqa: BLE001 - `datasets` decodes on access
-            raise SampleError(f"{self.where}: image does not decode ({type(exc).__name__}: {_first_line(exc)})"
+            raise SampleError(f"{self.where}: image does not decode ({type(exc).__name__}: {first_line(exc)})"
                               ) from None
         return _decode(cell, self.where)
 
@@ -705,7 +700,7 @@ def _read_items(path: Path) -> list[dict[str, Any]]:
             with open(path, encoding="utf-8") as f:
                 items = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path} ({_first_line(exc)}); it must be LLaVA's JSON list of "
+        raise UserError(f"cannot read {path} ({first_line(exc)}); it must be LLaVA's JSON list of "
                         "{id, image, conversations}") from None
     if not isinstance(items, list) or not all(isinstance(d, dict) for d in items):
         raise UserError(f"{path}: expected a JSON list of {{id, image, conversations}} objects")
@@ -746,7 +741,7 @@ def _hf_conversations(id_: str, image_root: str | Path | None) -> list[Conversat
             ds = datasets.load_dataset(id_, split="train")
     except Exception as exc:  # offline, unknown id: the data is not here
         raise UserError(f"conversations not found: {id_} is neither a file nor a loadable HF dataset "
-                        f"({_first_line(exc)}); give llava_v1_5_mix665k.json or a dataset id") from None
+                        f"({first_line(exc)}); give llava_v1_5_mix665k.json or a dataset id") from None
     if "conversations" not in ds.column_names:
         raise UserError(f"HF dataset {id_} has no `conversations` column (columns: {', '.join(ds.column_names)})")
     has_image = "image" in ds.column_names

@@ -26,6 +26,7 @@ from aimv2_eval.data.pairs import PairSource
 from aimv2_eval.data.scenes import swap_left_right
 from aimv2_eval.data.tokenizer import CompactVocab, Tokenizer, build_tokenizer
 from aimv2_eval.errors import UserError
+from aimv2_eval.validate import as_float
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
 
@@ -175,18 +176,13 @@ def _get(cfg: dict, dotted: str) -> Any:
 
 
 def _number(value: Any, kind: str) -> float | None:
-    """The value as a number of `kind`, or None; YAML 1.1 reads `1e-3` as a string, which float() takes (int()
-    does not: integers must be YAML integers)."""
-    if isinstance(value, bool):
+    """The value as a number of `kind`, or None: numbers as `validate.as_float` reads them (YAML 1.1 reads `1e-3`
+    as a string); integers must be YAML numbers with no fraction."""
+    if kind == "num":
+        return as_float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
         return None
-    if isinstance(value, str) and kind == "num":
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if not isinstance(value, int | float) or value != value:  # NaN
-        return None
-    return value if kind == "num" or float(value).is_integer() else None
+    return value
 
 
 def _bad(key: str, what: str, value: Any) -> UserError:

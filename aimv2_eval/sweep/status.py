@@ -8,13 +8,13 @@ the next sweep resumes it from its checkpoint. Jobs on other hosts are trusted t
 from __future__ import annotations
 
 import json
-import os
 import socket
 import statistics
 from pathlib import Path
 from typing import Any
 
 from aimv2_eval.errors import UserError
+from aimv2_eval.io import pid_alive
 from aimv2_eval.sweep.worker import read_state, sweep_dir
 
 STATES = ("done", "running", "failed", "missing")
@@ -50,15 +50,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    return bool(pid) and pid_alive(int(pid))  # type: ignore[arg-type]
 
 
 def last_error_line(log: str | None) -> str | None:
