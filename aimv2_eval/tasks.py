@@ -28,6 +28,10 @@ from aimv2_eval.registry import Registry
 BUILTIN_DIR = (Path(__file__).parent / "builtin_tasks").resolve()
 TASKS_ENV = "AIMV2_EVAL_TASKS"
 REQUIRED = ("version", "plugin", "data", "metric", "protocol")
+SPLITS = ("train", "test")  # the splits a task's data block defines (aimv2_eval.data.sources.open_split)
+# Data keys that describe the data instead of choosing it: left out of the protocol hash, so that correcting one
+# (e.g. a split size) does not turn finished cells into new ones.
+DATA_DESCRIPTIONS = ("expected_sizes",)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,11 @@ class TaskSpec:
     def num_classes(self) -> int | None:
         n = self.data.get("num_classes")
         return int(n) if n is not None else None
+
+    @property
+    def hashed_data(self) -> dict[str, Any]:
+        """The data block as the protocol hash sees it: without the descriptive keys (DATA_DESCRIPTIONS)."""
+        return {k: v for k, v in self.data.items() if k not in DATA_DESCRIPTIONS}
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved task (includes merged) as recorded with every result."""
@@ -142,6 +151,8 @@ def _check_fields(path: Path, raw: dict[str, Any]) -> None:
         v.string_list(metric["report"], f"{path}: metric.report")
     if "num_classes" in raw["data"]:  # TaskSpec.num_classes sizes the classifier from it
         v.positive_int(raw["data"]["num_classes"], f"{path}: data.num_classes")
+    if raw["data"].get("expected_sizes") is not None:  # images per split; a different count warns at load
+        v.counts(raw["data"]["expected_sizes"], f"{path}: data.expected_sizes", SPLITS)
 
 
 def task_dirs(extra: list[str | Path] | tuple[str | Path, ...] = ()) -> list[Path]:

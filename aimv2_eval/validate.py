@@ -163,6 +163,15 @@ def scale_range(value: Any, where: str, high: float | None = 1.0) -> list[float]
     return [lo, hi]
 
 
+def counts(value: Any, where: str, keys: Iterable[str]) -> Any:
+    """A mapping from some of `keys` to integers >= 1 (e.g. images per split: `{train: 50000, test: 10000}`)."""
+    mapping(value, where)
+    known_keys(value, keys, where)
+    for key, n in value.items():
+        positive_int(n, f"{where}.{key}")
+    return value
+
+
 def optional(check: Check) -> Check:
     """`check`, with null allowed (a field whose null means "none" or "the default")."""
     return lambda value, where: value if value is None else check(value, where)

@@ -131,7 +131,7 @@ def plan_cell(args: argparse.Namespace) -> CellPlan:
 
     def hash_of(opts: Any) -> tuple[dict[str, Any], str]:
         resolved = plugin.resolve(task, opts, meta)
-        return resolved, protocol_hash({"task": task.name, "version": task.version, "data": task.data,
+        return resolved, protocol_hash({"task": task.name, "version": task.version, "data": task.hashed_data,
                                         "protocol": resolved, "weights": args.weights,
                                         "pretrained": not args.random_init})
 

@@ -3,11 +3,13 @@
 A task's `data` block names where its images come from (tasks/*.yaml):
   benchmarks:  `imagefolder: {dir, splits}` under the data root (--data-root / $AIMV2_EVAL_DATA), else
                `hf: {id, config, revision, image_key, label_key, splits, filter, load_kwargs}` through
-               `datasets.load_dataset` (load_kwargs such as data_dir reach it unchanged);
+               `datasets.load_dataset` (load_kwargs such as data_dir reach it unchanged; `filter: {column, equals,
+               splits}` keeps the rows whose column equals the value, in the listed task splits, default all);
   embedded:    `source:` sklearn_digits | foolbox | fashion_mnist_idx | scenes, with `holdout:` when the source has
                no official test split.
 Every split is a `LabelledImages`: labels known up front (stratified hold-outs need them), images decoded lazily and
-always returned as RGB. Missing data raises `UserError` naming what is missing and how to provide it.
+always returned as RGB. Missing data raises `UserError` naming what is missing and how to provide it. A split whose
+size differs from `expected_sizes: {train, test}` (Table B1 for the paper's benchmarks) gets one warning line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import importlib.util
 import os
 import re
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +213,9 @@ def open_hf(cfg: dict, split: str, num_classes: int, help_text: str) -> Labelled
     except Exception as exc:  # offline, gated, unknown id or split: all mean "the data is not here"
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError(f"data missing: HF dataset {cfg['id']} split {hf_split!r} did not load ({reason}); {help_text}") from None
-    if "filter" in cfg:  # e.g. one DomainNet domain out of six
-        col, value = cfg["filter"]["column"], cfg["filter"]["equals"]
+    rows = cfg.get("filter")  # e.g. one DomainNet domain out of six, or one hospital of a validation split
+    if rows and split in rows.get("splits", (split,)):
+        col, value = rows["column"], rows["equals"]
         ds = ds.filter(lambda v: v == value, input_columns=[col])
     label_key = cfg.get("label_key", "label")
     labels = np.asarray(ds[label_key], dtype=np.int64)
@@ -309,13 +313,37 @@ def _embedded_pool(cfg: dict, split: str) -> LabelledImages:
 EMBEDDED_SOURCES = ("sklearn_digits", "foolbox", "fashion_mnist_idx", "scenes")
 
 
-def open_split(cfg: dict, split: str, root: str | Path | None = None, classes: list[str] | None = None) -> LabelledImages:
-    """The `split` ("train" or "test") of a task's data block.
+def open_split(cfg: dict, split: str, root: str | Path | None = None, classes: list[str] | None = None,
+               task: str | None = None) -> LabelledImages:
+    """The `split` ("train" or "test") of a task's data block; `task` names it in the size warning.
 
     `holdout: {test_fraction, seed}` makes train/test from one pool (stratified); `holdout: none` with a one-pool
     source means train and test are the same images (used only where the pool is too small to split, and said so
     in the task YAML).
     """
+    images = _open_split(cfg, split, root, classes)
+    warn_unexpected_size(images, split, cfg.get("expected_sizes"), task or _data_name(cfg))
+    return images
+
+
+def warn_unexpected_size(images: LabelledImages, split: str, expected: dict | None, task: str) -> None:
+    """One warning line when a split's size differs from the task's `data.expected_sizes`. Not an error: local copies
+    differ legitimately (a partial download, a later release), but a test split of the wrong size is most often the
+    wrong split (e.g. WILDS `test` where the paper used `val`). Checked on the whole split, before `limit` and the
+    validation hold-out."""
+    n = (expected or {}).get(split)
+    if n is not None and len(images) != int(n):
+        print(f"warning: task {task}: the {split} split has {len(images)} images, expected {int(n)} "
+              "(data.expected_sizes, from Table B1 for the paper's benchmarks); check that it is the intended split "
+              "and release", file=sys.stderr)
+
+
+def _data_name(cfg: dict) -> str:
+    """What to call a data block in messages when the caller gives no task name."""
+    return str(cfg.get("source") or (cfg.get("imagefolder") or {}).get("dir") or (cfg.get("hf") or {}).get("id") or "?")
+
+
+def _open_split(cfg: dict, split: str, root: str | Path | None, classes: list[str] | None) -> LabelledImages:
     num_classes = int(cfg["num_classes"])
     if "source" in cfg:
         holdout = cfg.get("holdout")
