@@ -89,9 +89,13 @@ class PretrainConfig:
 
 
 # ---------------------------------------------------------------- schedule and optimizer
+NO_DECAY_KEYS = ("pos_embed", "text_pos", "positional_embedding", "cls_token", "mask_token")
+
+
 def _no_decay_names(model: nn.Module) -> list[str]:
-    """Position tables are not decayed (1-D gains and biases never are)."""
-    return [n for n, _ in model.named_parameters() if "pos_embed" in n or "text_pos" in n]
+    """Position tables and learned tokens (CLIP's pooling query, CapPa's mask token) are not decayed (1-D gains,
+    biases and the temperature never are)."""
+    return [n for n, _ in model.named_parameters() if any(key in n for key in NO_DECAY_KEYS)]
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, highres: bool = False) -> torch.optim.Optimizer:
@@ -196,7 +200,7 @@ def reinit_linears(model: nn.Module, std: float) -> None:
 def init_from(model: AIMv2, source: str | Path) -> None:
     """Start from a pretrained run's output (encoder + decoder), e.g. for high-resolution or native adaptation.
 
-    A learned position table is resized (bicubic) to the new grid; a missing decoder starts fresh.
+    A learned position table is resized (bicubic) to the new grid; a missing decoder (or CLIP head) starts fresh.
     """
     ckpt = read_checkpoint(source)
     sd = dict(ckpt.encoder_state)
@@ -210,19 +214,20 @@ def init_from(model: AIMv2, source: str | Path) -> None:
     missing, unexpected = model.encoder.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise UserError(f"{ckpt.weights_path} does not fit this encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    dec_file = ckpt.weights_path.parent / "decoder.safetensors"
+    dec_file = ckpt.weights_path.parent / model.head_file
     if dec_file.is_file():
         dec = load_file(str(dec_file))
-        shapes = {k: v.shape for k, v in model.decoder.state_dict().items()}
+        shapes = {k: v.shape for k, v in model.head.state_dict().items()}
         bad = [k for k, v in dec.items() if shapes.get(k) != v.shape]
         if bad or set(dec) != set(shapes):
             raise UserError(f"{dec_file} does not fit this decoder (first mismatch: {(bad or sorted(set(dec) ^ set(shapes)))[:1]}); "
-                            "use the same decoder and tokenizer as the run it came from")
-        model.decoder.load_state_dict(dec)
+                            "use the same decoder, objective and tokenizer as the run it came from")
+        model.head.load_state_dict(dec)
 
 
 def export_model(model: AIMv2, directory: Path, meta: dict, save_dtype: str = "float32") -> Path:
-    """Encoder through `save_encoder` (Apple key scheme + config.json), decoder weights and config beside it."""
+    """Encoder through `save_encoder` (Apple key scheme + config.json), decoder (or CLIP head) weights and the
+    objective's config beside it."""
     dtype = getattr(torch, save_dtype)
     encoder = model.encoder
     if dtype != torch.float32:
@@ -230,11 +235,12 @@ def export_model(model: AIMv2, directory: Path, meta: dict, save_dtype: str = "f
 
         encoder = copy.deepcopy(encoder).to(dtype)
     out = save_encoder(encoder, directory, scheme="apple")
-    dec = {k: v.detach().cpu().to(dtype).contiguous() for k, v in model.decoder.state_dict().items()}
-    atomic_write(out / "decoder.safetensors", lambda tmp: save_file(dec, str(tmp), metadata={"format": "pt"}))
+    dec = {k: v.detach().cpu().to(dtype).contiguous() for k, v in model.head.state_dict().items()}
+    atomic_write(out / model.head_file, lambda tmp: save_file(dec, str(tmp), metadata={"format": "pt"}))
     cfg = model.cfg
     decoder_cfg = {**cfg.decoder.to_dict(), "objective": cfg.objective, "alpha": cfg.alpha,
-                   "encoder_attention": cfg.encoder_attention, "eot_id": cfg.eot_id}
+                   "encoder_attention": cfg.encoder_attention, "eot_id": cfg.eot_id,
+                   "loss_reduction": cfg.loss_reduction, "parallel_fraction": cfg.parallel_fraction}
     write_text_atomic(out / "decoder_config.json", json.dumps(decoder_cfg, indent=2))
     write_text_atomic(out / "pretrain.json", json.dumps(meta, indent=2, default=str))
     return out
@@ -245,6 +251,17 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _check_contrastive_batches(model: AIMv2, cfg: PretrainConfig) -> None:
+    """A contrastive loss (clip) takes its negatives from the forward pass: micro-batches or native-resolution groups
+    would shrink CLIP's batch (Table 9b: 8k and 16k) to each piece. Gradient caching is not implemented."""
+    if not model.cfg.contrastive:
+        return
+    split = cfg.micro_batch is not None and cfg.micro_batch < cfg.batch_size
+    if split or cfg.native.enabled:
+        raise UserError(f"objective {model.cfg.objective} needs each batch in one forward pass: set "
+                        "batch.micro_batch=null and native.enabled=false (or lower batch.size to fit memory)")
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -262,11 +279,15 @@ def pretrain(model: AIMv2, sample_fn: SampleFn, cfg: PretrainConfig, meta: dict 
     `meta` (the resolved recipe, data and tokenizer) is stored with the exported model and its keys
     'model'/'data'/'text' join the resume fingerprint.
     """
+    _check_contrastive_batches(model, cfg)
     meta = dict(meta or {})
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoints" / "last.pt", out / "metrics.jsonl"
-    fingerprint = cfg.fingerprint({k: meta.get(k) for k in ("model", "data", "text")})
+    # The model's whole config joins the fingerprint: a loss setting (loss_reduction, parallel_fraction) changes the
+    # curve without changing any weight's shape.
+    fingerprint = cfg.fingerprint({**{k: meta.get(k) for k in ("model", "data", "text")},
+                                   "model_config": asdict(model.cfg)})
     device = _device(cfg.device)
     model.to(device).train()
     opt = build_optimizer(model, cfg.optim, cfg.highres)
