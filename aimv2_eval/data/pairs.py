@@ -7,6 +7,11 @@
 - `scenes`: the embedded procedural scenes (`aimv2_eval.data.scenes`);
 - `digits`: scikit-learn's 1,797 handwritten digits, coloured and placed at random, with templated captions.
 Several sources mix with sampling probabilities, as the paper's data mixture (Table 2).
+
+`caption` names the caption field(s) a folder, webdataset or hf source reads: a file / member suffix (`txt`,
+`synthetic.txt`: `cat.synthetic.txt`) or a dataset column, or a list of them read in order (the first a sample has).
+The same images can so enter a mixture twice, as Table 2's alt-text and synthetic-caption sources, each at its own
+rate. A source skips the samples without any of its fields; a field no sample has is an error.
 """
 
 from __future__ import annotations
@@ -25,7 +30,25 @@ from aimv2_eval.data.scenes import BACKGROUND_COLORS, COLORS, DIGIT_WORDS, Scene
 from aimv2_eval.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-TEXT_EXTS = (".txt", ".caption", ".text")
+CAPTION_FIELDS = ("txt", "text", "caption")  # read in this order when a source names none
+
+
+def caption_fields(caption: str | Sequence[str]) -> tuple[str, ...]:
+    """`caption` as a tuple of field names (one name, or a list in reading order)."""
+    fields = (caption,) if isinstance(caption, str) else tuple(caption) if isinstance(caption, list | tuple) else ()
+    if not fields or not all(isinstance(f, str) and f.strip(".") for f in fields):
+        raise UserError(f"caption must name a caption field (such as txt, or a column) or a list of them, got "
+                        f"{caption!r}")
+    return tuple(f.strip(".") for f in fields)
+
+
+def _check_fields_seen(fields: tuple[str, ...], seen: set[str], where: str) -> None:
+    """Every named caption field must occur somewhere (`seen`: the fields the data has): a typo would otherwise
+    empty a source, or a fallback field, without a word."""
+    missing = [f for f in fields if f not in seen]
+    if missing:
+        raise UserError(f"{where} has no caption field {missing[0]!r} (it has {', '.join(sorted(seen)) or 'none'}); "
+                        "fix caption in the data source")
 
 
 @dataclass
@@ -60,19 +83,26 @@ def _check_index(index: int, n: int) -> None:
 
 # ---------------------------------------------------------------- local folder
 class FolderPairs:
-    def __init__(self, root: str | Path) -> None:
+    """Images with caption files of the same stem: `cat.jpg` + `cat.<field>` for the first `caption` field found."""
+
+    def __init__(self, root: str | Path, caption: str | Sequence[str] = CAPTION_FIELDS) -> None:
         self.root = Path(root).expanduser()
-        self.name = f"folder:{self.root}"
+        fields = caption_fields(caption)
+        self.name = f"folder:{self.root}" + (f"[{'|'.join(fields)}]" if caption != CAPTION_FIELDS else "")
         if not self.root.is_dir():
             raise UserError(f"image-caption folder not found: {self.root}")
+        files = {p for p in self.root.rglob("*") if p.is_file()}
         self.items: list[tuple[Path, Path]] = []
-        for img in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
-            txt = next((img.with_suffix(e) for e in TEXT_EXTS if img.with_suffix(e).is_file()), None)
+        for img in sorted(p for p in files if p.suffix.lower() in IMAGE_EXTS):
+            txt = next((t for f in fields if (t := img.with_name(f"{img.stem}.{f}")) in files), None)
             if txt is not None:
                 self.items.append((img, txt))
+        if caption != CAPTION_FIELDS:  # the fields beside images: what follows the first dot of other files
+            _check_fields_seen(fields, {p.name.partition(".")[2] for p in files if p.suffix.lower() not in IMAGE_EXTS},
+                               self.name)
         if not self.items:
             raise UserError(f"no image-caption pairs in {self.root}: expected images ({', '.join(IMAGE_EXTS)}) each "
-                            "with a caption file of the same name (.txt)")
+                            f"with a caption file of the same name (.{' or .'.join(fields)})")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -108,10 +138,13 @@ class TarPairs:
     and read by offset, so no shard is unpacked."""
 
     def __init__(self, shards: str | Sequence[str], image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"),
-                 text_keys: Sequence[str] = ("txt", "text", "caption")) -> None:
+                 caption: str | Sequence[str] = CAPTION_FIELDS) -> None:
         self.shards = expand_shards(shards)
-        self.name = f"webdataset:{len(self.shards)} shards"
+        fields = caption_fields(caption)
+        self.name = f"webdataset:{len(self.shards)} shards" + (
+            f"[{'|'.join(fields)}]" if caption != CAPTION_FIELDS else "")
         self.items: list[tuple[int, str, tarfile.TarInfo, tarfile.TarInfo]] = []
+        seen: set[str] = set()
         for si, shard in enumerate(self.shards):
             try:
                 with tarfile.open(shard) as tar:
@@ -126,11 +159,15 @@ class TarPairs:
                 raise UserError(f"cannot read shard {shard} ({exc}); re-create or remove it") from None
             for key, exts in members.items():
                 img = next((exts[k] for k in image_keys if k in exts), None)
-                txt = next((exts[k] for k in text_keys if k in exts), None)
+                txt = next((exts[k] for k in fields if k in exts), None)
+                seen.update(exts)
                 if img is not None and txt is not None:
                     self.items.append((si, key.lstrip("/"), img, txt))
+        if caption != CAPTION_FIELDS:
+            _check_fields_seen(fields, seen, self.name)
         if not self.items:
-            raise UserError(f"no image-caption samples in {self.name}: expected members key.jpg/png + key.txt")
+            raise UserError(f"no image-caption samples in {self.name}: expected members key.jpg/png + "
+                            f"key.{' or key.'.join(fields)}")
         self._open: dict[int, tarfile.TarFile] = {}
 
     def __len__(self) -> int:
@@ -156,8 +193,11 @@ class TarPairs:
 
 # ---------------------------------------------------------------- Hugging Face datasets
 class HFPairs:
-    def __init__(self, path: str, split: str = "train", image_column: str = "image", text_column: str = "text",
-                 **load_kwargs: Any) -> None:
+    """A dataset's image column with its caption from `text_column`, or from the first of a list of columns that is
+    not null in the row (a recipe's `caption` sets it)."""
+
+    def __init__(self, path: str, split: str = "train", image_column: str = "image",
+                 text_column: str | Sequence[str] = "text", **load_kwargs: Any) -> None:
         import datasets
 
         self.name = f"hf:{path}[{split}]"
@@ -174,11 +214,12 @@ class HFPairs:
             raise UserError(f"cannot load dataset {path!r} split {split!r} ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}); check the name, or pass a local directory") from None
         cols = list(ds.column_names)
-        for col in (image_column, text_column):
+        text_columns = caption_fields(text_column)
+        for col in (image_column, *text_columns):
             if col not in cols:
                 raise UserError(f"dataset {path!r} has no column {col!r}; its columns are {cols}: set "
-                                "image_column=/text_column=")
-        self.ds, self.image_column, self.text_column = ds, image_column, text_column
+                                "image_column= / caption=")
+        self.ds, self.image_column, self.text_columns = ds, image_column, text_columns
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -186,7 +227,7 @@ class HFPairs:
     def __getitem__(self, index: int) -> Pair:
         _check_index(index, len(self))
         row = self.ds[index]
-        value, text = row[self.image_column], row[self.text_column]
+        value = row[self.image_column]
         where = f"{self.name} row {index}"
         if isinstance(value, Image.Image | np.ndarray):
             img = to_rgb(value, where)
@@ -196,9 +237,17 @@ class HFPairs:
             img = open_image(value, where)
         else:
             raise UserError(f"{where}: column {self.image_column!r} holds {type(value).__name__}, not an image")
-        if isinstance(text, list):  # several captions per image: take the first
-            text = text[0] if text else ""
-        return Pair(img, str(text).strip(), str(index))
+        return Pair(img, self._caption(row, where), str(index))
+
+    def _caption(self, row: dict, where: str) -> str:
+        for col in self.text_columns:
+            text = row[col]
+            if isinstance(text, list):  # several captions per image: take the first
+                text = text[0] if text else None
+            if text is not None:
+                return str(text).strip()
+        raise UserError(f"{where} has no caption in {' or '.join(self.text_columns)} (null); fill it, or filter such "
+                        "rows out of the dataset")
 
 
 # ---------------------------------------------------------------- embedded data
@@ -311,12 +360,14 @@ class Mixture:
 
 
 KINDS = ("folder", "webdataset", "hf", "scenes", "digits")
+CAPTIONED_KINDS = ("folder", "webdataset", "hf")  # the kinds whose caption field(s) a source may name
 
 
 def build_source(spec: dict | list, seed: int = 0) -> PairSource:
     """A source from its config: {kind: folder, path: ...}, {kind: webdataset, shards: ...},
-    {kind: hf, path: ..., split, image_column, text_column}, {kind: scenes, n, seed, image_size},
-    {kind: digits, image_size}; a list of them (each with `weight`) is a mixture."""
+    {kind: hf, path: ..., split, image_column}, {kind: scenes, n, seed, image_size}, {kind: digits, image_size};
+    folder, webdataset and hf take `caption` (a field or a list, see the module's docstring); a list of sources
+    (each with `weight`) is a mixture."""
     if isinstance(spec, list):
         if len(spec) == 1:
             return build_source({k: v for k, v in spec[0].items() if k != "weight"}, seed)
@@ -324,6 +375,13 @@ def build_source(spec: dict | list, seed: int = 0) -> PairSource:
                        [float(s.get("weight", 1.0)) for s in spec], seed)
     spec = dict(spec)
     kind = spec.pop("kind", None)
+    if "caption" in spec and kind in KINDS and kind not in CAPTIONED_KINDS:
+        raise UserError(f"a {kind} source has one caption per image: remove its caption field (only "
+                        f"{', '.join(CAPTIONED_KINDS)} sources name theirs)")
+    if kind == "hf" and "caption" in spec:  # the uniform name for HF's text_column
+        if "text_column" in spec:
+            raise UserError("an hf data source takes caption or text_column (the same thing), not both")
+        spec["text_column"] = spec.pop("caption")
     try:
         if kind == "folder":
             return FolderPairs(spec.pop("path"), **spec)

@@ -16,8 +16,12 @@ import torch
 
 from aimv2_eval.errors import UserError
 
-CONTEXT_LENGTH = 77  # CLIP's context; the tableA1 CSV has no row for it, the issue's recipe truncates captions to 77
+CONTEXT_LENGTH = 77  # paper, Appendix A "Pre-training": captions truncated to 77 tokens (no Table A1 row)
 SP_FILES = ("spiece.model", "tokenizer.model", "sentencepiece.model")
+# SigLIP's English vocabulary (32,000 sentencepiece pieces) as its hub checkpoints ship it (spiece.model); AIMv2
+# tokenizes captions with SigLIP's tokenizer (paper, Appendix A "Pre-training"). The base checkpoint: the vocabulary of
+# the ViT-B-16-SigLIP text tower that aimv2_eval.text.siglip builds.
+SIGLIP_VOCAB = "google/siglip-base-patch16-224"
 
 
 class Tokenizer(Protocol):
@@ -75,6 +79,7 @@ class ClipTokenizer:
 
 
 def _find_sp_model(source: str) -> Path:
+    """A sentencepiece model file from a path, a folder holding one, or a hub repo (its cache first, then online)."""
     path = Path(source).expanduser()
     if path.is_file():
         return path
@@ -84,28 +89,39 @@ def _find_sp_model(source: str) -> Path:
                 return path / name
         raise UserError(f"no sentencepiece model in {path}: expected one of {', '.join(SP_FILES)}")
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RemoteEntryNotFoundError
 
-    for local_only in (True, False):
-        for name in SP_FILES:
-            try:
-                return Path(hf_hub_download(source, name, local_files_only=local_only))
-            except Exception:
-                continue
+    for name in SP_FILES:  # the cache answers at once, offline too
+        try:
+            return Path(hf_hub_download(source, name, local_files_only=True))
+        except (EntryNotFoundError, HFValidationError):
+            continue
+    for name in SP_FILES:
+        try:
+            return Path(hf_hub_download(source, name))
+        except RemoteEntryNotFoundError:  # the repo is there without this file name: try the next
+            continue
+        except (OSError, ValueError):  # offline, no such repo, not a repo id: one wait, not one per name
+            break
     raise UserError(
-        f"sentencepiece model {source!r} is neither a file, a directory, nor a cached hub repo; pass the path of a "
-        "SigLIP spiece.model, or use tokenizer=clip"
+        f"sentencepiece model {source!r} is not a file, a folder, or a hub repo in the local cache (offline?); "
+        f"run `hf download {source} spiece.model` where the hub is reachable (the cache then answers), or pass the "
+        "path of SigLIP's spiece.model (text.tokenizer.source=PATH in a pretraining recipe)"
     )
 
 
 class SentencePieceTokenizer:
-    """SigLIP's convention (open_clip `SigLipTokenizer`): canonicalised text, no BOS, EOS appended, padded with EOS."""
+    """SigLIP's convention (open_clip `SigLipTokenizer`): canonicalised text, no BOS, EOS appended, padded with EOS.
 
-    def __init__(self, source: str, context_length: int = CONTEXT_LENGTH) -> None:
+    `kind` is what `spec()` records ("siglip" when built as SigLIP's tokenizer), so a saved tokenizer rebuilds as is.
+    """
+
+    def __init__(self, source: str, context_length: int = CONTEXT_LENGTH, kind: str = "sentencepiece") -> None:
         try:
             import sentencepiece as spm
         except ImportError:
             raise UserError("the sentencepiece tokenizer needs `pip install sentencepiece`; or use tokenizer=clip") from None
-        self.source = str(source)
+        self.source, self.kind = str(source), kind
         self.model_file = _find_sp_model(self.source)
         try:
             self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
@@ -131,7 +147,7 @@ class SentencePieceTokenizer:
         return self._sp.decode(_until_eot(ids, self.eot_id))
 
     def spec(self) -> dict:
-        return {"kind": "sentencepiece", "source": self.source, "context_length": self.context_length}
+        return {"kind": self.kind, "source": self.source, "context_length": self.context_length}
 
 
 class CompactVocab:
@@ -173,13 +189,16 @@ class CompactVocab:
 
 def build_tokenizer(spec: dict | str) -> Tokenizer:
     """From a spec: "clip", {"kind": "clip", "context_length": 77}, {"kind": "sentencepiece", "source": PATH},
+    "siglip" / {"kind": "siglip", "source": hub id, file or folder (default SIGLIP_VOCAB)},
     {"kind": "compact", "base": {...}, "kept": [...]}."""
     spec = {"kind": spec} if isinstance(spec, str) else dict(spec)
     kind = spec.get("kind", "clip")
     context = int(spec.get("context_length", CONTEXT_LENGTH))
     if kind == "clip":
         return ClipTokenizer(context)
-    if kind in ("sentencepiece", "siglip"):
+    if kind == "siglip":
+        return SentencePieceTokenizer(spec.get("source") or SIGLIP_VOCAB, context, kind="siglip")
+    if kind == "sentencepiece":
         if not spec.get("source"):
             raise UserError("tokenizer kind sentencepiece needs source=<spiece.model file, directory or hub id>")
         return SentencePieceTokenizer(spec["source"], context)
@@ -187,7 +206,7 @@ def build_tokenizer(spec: dict | str) -> Tokenizer:
         if "base" not in spec or "kept" not in spec:
             raise UserError("a compact tokenizer spec needs 'base' and 'kept'")
         return CompactVocab(build_tokenizer(spec["base"]), list(spec["kept"]))
-    raise UserError(f"unknown tokenizer kind {kind!r}; choose clip, sentencepiece or compact")
+    raise UserError(f"unknown tokenizer kind {kind!r}; choose clip, siglip, sentencepiece or compact")
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:

@@ -1,8 +1,10 @@
 """Pretraining recipes: the defaults every recipe starts from, YAML recipes, dotted overrides, and what a recipe
 builds (tokenizer, model, peak learning rate).
 
-Recipes: configs/pretrain/paper.yaml (Table A1) and configs/pretrain/tiny.yaml (the embedded tiny AIMv2, 2 CPU
-cores). Overrides use dotted keys, values in YAML: `optim.steps=100 data.sources.0.n=500 run.out_dir=runs/x`.
+Recipes: configs/pretrain/paper.yaml (Table A1), paper_highres_336.yaml / paper_highres_448.yaml (the
+high-resolution stage that continues it) and configs/pretrain/tiny.yaml (the embedded tiny AIMv2, 2 CPU cores).
+A recipe may start from another with `base: <recipe>` and set only what differs. Overrides use dotted keys, values
+in YAML: `optim.steps=100 data.sources.0.n=500 run.out_dir=runs/x`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from aimv2_eval.config import deep_merge, unknown_key
 from aimv2_eval.core.decoder import DecoderConfig
 from aimv2_eval.core.encoder import EncoderConfig
 from aimv2_eval.core.model import OBJECTIVES, AIMv2, AIMv2Config
+from aimv2_eval.core.objective import REDUCTIONS
 from aimv2_eval.core.pretrain import PEAK_LR
 from aimv2_eval.core.variants import DEFAULT_DECODER, SIZES, TINY_DECODER, encoder_config
+from aimv2_eval.data.pairs import CAPTIONED_KINDS, PairSource, caption_fields
 from aimv2_eval.data.pairs import KINDS as SOURCE_KINDS
-from aimv2_eval.data.pairs import PairSource
 from aimv2_eval.data.scenes import swap_left_right
 from aimv2_eval.data.tokenizer import CompactVocab, Tokenizer, build_tokenizer
 from aimv2_eval.errors import UserError
@@ -36,7 +39,9 @@ DEFAULTS: dict[str, Any] = {
         "size": "large",
         "image_size": None,  # None: the size's default (224 released, 112 tiny)
         "native_pos_embed": False,  # sin-cos positions, as the native-resolution AIMv2
-        "objective": "aimv2",  # Table 9a: aimv2 | cap | aimv1
+        "objective": "aimv2",  # Table 9a: aimv2 | cap | aimv1; Table 9b: clip | cappa
+        # Section 2.1's 1/I, 1/T per sample, then the batch mean (sample); token: over the batch's kept tokens at once
+        "loss_reduction": "sample",
         "encoder_attention": "prefix",  # Table 9a: prefix | bidirectional
         "alpha": 0.4,  # Table 9c
         "init_std": None,  # None: the core's xavier-uniform linears (MAE/AIM); a number: truncated normal(std)
@@ -54,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "batch": {"size": 8192, "micro_batch": None},
     "native": {"enabled": False, "n_range": [7, 12], "patches_per_batch": 8192 * 256},
     "highres": {"enabled": False},
-    "init_from": None,
+    "init_from": None,  # a finished run's model folder: weights to start from, positions resampled to the new grid
     "run": {"seed": 0, "out_dir": "runs/pretrain", "export_dir": None, "log_every": 10, "ckpt_every": 1000,
             "stop_after": None, "device": "auto", "dtype": "float32", "save_dtype": "float32", "threads": None,
             "progress": True, "resume": True, "name": "aimv2", "readme_note": ""},
@@ -98,9 +103,8 @@ def resolve_config_path(name: str) -> Path:
                     + (f" or one of {known}" if known else ""))
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
-    """The recipe over the defaults, then `key=value` overrides (values parsed as YAML)."""
-    file = resolve_config_path(str(path))
+def _read_recipe(file: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe file's mapping, over the recipe its `base:` names (a file beside it, or a bundled recipe)."""
     try:
         recipe = yaml.safe_load(file.read_text()) or {}
     except UnicodeDecodeError:
@@ -110,8 +114,24 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     if not isinstance(recipe, dict):
         raise UserError(f"{file} must hold a mapping of sections (model, text, data, optim, ...), got "
                         f"{type(recipe).__name__}; see configs/pretrain/tiny.yaml")
-    cfg = deep_merge(DEFAULTS, recipe, strict=True)
+    base = recipe.pop("base", None)
+    if base is None:
+        return recipe
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{file}: base must name a recipe (such as paper), got {base!r}")
+    beside = [c for c in (file.parent / base, file.parent / f"{base}.yaml") if c.is_file()]
+    base_file = (beside[0] if beside else resolve_config_path(base)).resolve()
+    if base_file in seen or base_file == file.resolve():
+        raise UserError(f"{file}: base {base} leads back to itself; break the cycle")
+    return deep_merge(_read_recipe(base_file, (*seen, file.resolve())), recipe)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
+    """The recipe (over its `base:`) over the defaults, then `key=value` overrides (values parsed as YAML)."""
+    file = resolve_config_path(str(path))
+    cfg = deep_merge(DEFAULTS, _read_recipe(file), strict=True)
     _place_outputs(cfg["run"], Path.cwd())
+    _place_init(cfg)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} is not key=value")
@@ -123,9 +143,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise UserError(f"override {item!r}: the value is not YAML ({str(exc).splitlines()[0]}); quote it") from None
-        _set(cfg, key.strip(), value)
-        if key.strip() in ("run.out_dir", "run.export_dir") and isinstance(value, str):
-            _set(cfg, key.strip(), str(Path(value).expanduser().absolute()))  # given here: from the current folder
+        key = key.strip()
+        _set(cfg, key, value)
+        folder = key in ("run.out_dir", "run.export_dir") or (key == "init_from" and not _hub_id_shaped(value))
+        if folder and isinstance(value, str):
+            _set(cfg, key, str(Path(value).expanduser().absolute()))  # given here: from the current folder
     cfg = deep_merge(DEFAULTS, cfg, strict=True)  # re-check the keys overrides introduced
     check_config(cfg)
     return cfg
@@ -141,6 +163,22 @@ def _place_outputs(run: dict, cwd: Path) -> None:
         run["out_dir"] = str(home() / "pretrain" / run["out_dir"])
     if isinstance(run.get("export_dir"), str) and not Path(run["export_dir"]).expanduser().is_absolute():
         run["export_dir"] = str(Path(run["out_dir"]) / run["export_dir"])
+
+
+def _place_init(cfg: dict) -> None:
+    """A recipe file's relative init_from is a run under $AIMV2_EVAL_HOME/pretrain, as its out_dir, so that
+    paper_highres_336.yaml finds the model paper.yaml wrote whatever the current folder; `owner/name` stays a hub id
+    (`apple/aimv2-large-patch14-224`), as the checkpoint reader takes it."""
+    from aimv2_eval.config import home
+
+    init = cfg.get("init_from")
+    if isinstance(init, str) and init and not Path(init).expanduser().is_absolute() and not _hub_id_shaped(init):
+        cfg["init_from"] = str(home() / "pretrain" / init)
+
+
+def _hub_id_shaped(value: Any) -> bool:
+    """`owner/name`, read as a hub id (a local folder of that shape needs ./ in front)."""
+    return isinstance(value, str) and value.count("/") == 1 and not value.startswith((".", "~", "/"))
 
 
 # ---------------------------------------------------------------- value checks
@@ -161,6 +199,7 @@ _FLAGS = ("model.native_pos_embed", "native.enabled", "highres.enabled", "run.pr
 _PAIRS = {"optim.betas": "num", "data.augment.scale": "num", "data.augment.ratio": "num", "native.n_range": "int"}
 _CHOICES = {
     "model.size": SIZES, "model.objective": OBJECTIVES, "model.encoder_attention": ("prefix", "bidirectional"),
+    "model.loss_reduction": REDUCTIONS,
     "data.augment.interpolation": ("bicubic", "bilinear", "nearest"),  # samples._INTERP
     "run.dtype": ("float32", "bfloat16"),
     "run.save_dtype": ("float32", "bfloat16", "float16"),
@@ -235,8 +274,29 @@ def check_config(cfg: dict) -> None:
         weight = _number(source.get("weight", 1.0), "num")
         if weight is None or weight <= 0:
             raise _bad(f"data.sources.{i}.weight", "a number > 0", source.get("weight"))
+        _check_caption(source, f"data.sources.{i}")
     if not sources:
         raise _bad("data.sources", "a non-empty list of sources", sources)
+    init = cfg["init_from"]
+    if init is not None and (not isinstance(init, str) or not init):
+        raise _bad("init_from", "null or the model folder (or hub id) of a finished run", init)
+    if cfg["highres"]["enabled"] and not init:  # Section 2.4: the 336/448px stage continues the 224px run
+        raise _bad("init_from", "the 224px run's model folder when highres.enabled (the high-resolution stage "
+                   "continues it)", init)
+
+
+def _check_caption(source: dict, key: str) -> None:
+    """`caption` is a field name or a list of them, and only where a source has caption fields to choose from."""
+    if "caption" not in source:
+        return
+    if source["kind"] not in CAPTIONED_KINDS:
+        raise _bad(f"{key}.caption", f"absent: a {source['kind']} source has one caption per image (only "
+                   f"{', '.join(CAPTIONED_KINDS)} sources name theirs)", source["caption"])
+    try:
+        caption_fields(source["caption"])
+    except UserError:
+        raise _bad(f"{key}.caption", "a caption field (txt, synthetic.txt, a column name) or a list of them",
+                   source["caption"]) from None
 
 
 # ---------------------------------------------------------------- what a recipe builds
@@ -265,7 +325,8 @@ def build_model(cfg: dict, tok: Tokenizer) -> AIMv2:
         enc = replace(enc, **m["encoder"])
         dec = replace(base_dec, vocab_size=tok.vocab_size, max_text_len=tok.context_length, **m["decoder"])
         mcfg = AIMv2Config(encoder=enc, decoder=dec, objective=m["objective"], alpha=float(m["alpha"]),
-                           encoder_attention=m["encoder_attention"], eot_id=tok.eot_id)
+                           encoder_attention=m["encoder_attention"], eot_id=tok.eot_id,
+                           loss_reduction=m.get("loss_reduction", "token"))  # older recipes (pretrain.json) used token
     except (TypeError, ValueError) as exc:
         raise UserError(f"bad model config: {exc}") from None
     return AIMv2(mcfg)
