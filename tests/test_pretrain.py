@@ -372,3 +372,8 @@ def test_recipe_outputs_never_land_in_the_package_or_the_current_folder(tmp_path
     assert run["export_dir"] == str(tmp_path / "home" / "pretrain" / "runs" / "aimv2-tiny" / "export")
     run = load_config("tiny", ["run.export_dir=aimv2_eval/assets/aimv2-tiny"])["run"]
     assert run["export_dir"] == str(tmp_path / "aimv2_eval" / "assets" / "aimv2-tiny")
+    # an ablation that only moves out_dir takes the recipe's export folder with it, instead of overwriting the
+    # default run's export
+    run = load_config("tiny", ["model.objective=cap", "run.out_dir=runs/tiny-cap"])["run"]
+    assert run["out_dir"] == str(tmp_path / "runs" / "tiny-cap")
+    assert run["export_dir"] == str(tmp_path / "runs" / "tiny-cap" / "export")

@@ -130,8 +130,6 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     """The recipe (over its `base:`) over the defaults, then `key=value` overrides (values parsed as YAML)."""
     file = resolve_config_path(str(path))
     cfg = deep_merge(DEFAULTS, _read_recipe(file), strict=True)
-    _place_outputs(cfg["run"], Path.cwd())
-    _place_init(cfg)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} is not key=value")
@@ -149,13 +147,16 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
         if folder and isinstance(value, str):
             _set(cfg, key, str(Path(value).expanduser().absolute()))  # given here: from the current folder
     cfg = deep_merge(DEFAULTS, cfg, strict=True)  # re-check the keys overrides introduced
+    # After the overrides: the recipe's relative export_dir follows an out_dir given on the command line.
+    _place_outputs(cfg["run"])
+    _place_init(cfg)
     check_config(cfg)
     return cfg
 
 
-def _place_outputs(run: dict, cwd: Path) -> None:
-    """Where a recipe file's relative folders go, whatever the current folder: run.out_dir under
-    $AIMV2_EVAL_HOME/pretrain, run.export_dir inside run.out_dir. Never into the installed package: replacing the
+def _place_outputs(run: dict) -> None:
+    """Where a recipe file's relative folders go, whatever the current folder (folders given as overrides are
+    already absolute): run.out_dir under $AIMV2_EVAL_HOME/pretrain, run.export_dir inside the final run.out_dir. Never into the installed package: replacing the
     bundled tiny model takes an explicit `run.export_dir=aimv2_eval/assets/aimv2-tiny` on the command line."""
     from aimv2_eval.config import home
 
