@@ -99,6 +99,8 @@ class Schedule:
     `set(step)` before update `step` (0-based): during warmup update s runs at (s + 1) / warmup of the group's
     peak, so no update runs at lr 0 and update warmup - 1 reaches the peak; from update `warmup` on the cosine
     runs over (s - warmup) / (total - warmup), from the peak towards `min_lr` (times the group's lr_scale).
+    A group's lr may be a tensor of peaks (one per slice of stacked parameters, as the probe grid's optimizer
+    keeps them): timm's arithmetic is elementwise, so each slice is scheduled as a group of its own would be.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,

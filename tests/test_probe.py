@@ -81,10 +81,10 @@ def test_grid_gradients_equal_reference():
     y = torch.tensor([0, 1, 2, 1])
     grid = ProbeGrid(16, 3, num_probes=1, num_heads=2)
     F.cross_entropy(grid(tokens)[:, 0], y).backward()
-    ours = [p.grad.clone() for p in grid.probes[0].parameters()]
+    ours = [p.grad.clone() for p in grid.parameters()]  # stacked over the grid: (1, ...)
     grid.zero_grad()
-    F.cross_entropy(reference_probe(tokens, grid.probes[0], 2), y).backward()
-    for a, p in zip(ours, grid.probes[0].parameters()):
+    F.cross_entropy(reference_probe(tokens, grid.probes[0], 2), y).backward()  # through views of the same tensors
+    for a, p in zip(ours, grid.parameters()):
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-5)
 
 
@@ -105,8 +105,7 @@ def test_channel_norm_is_batchnorm_without_affine():
 def test_heads_start_identical_and_heads_count_divides_width():
     grid = ProbeGrid(20, 3, num_probes=2, num_heads=16)
     assert grid.num_heads == 4  # gcd(20, 16)
-    a, b = (dict(p.named_parameters()) for p in grid.probes)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(p[0], p[1]) for p in grid.parameters())  # parameters are stacked over the grid
 
 
 # ---------------------------------------------------------------- augmentation
@@ -167,6 +166,9 @@ def test_selection_uses_validation_and_records_every_head(tmp_path):
     assert sel["chosen"]["index"] == best
     assert result.metrics["top1"] == pytest.approx(cands[best]["test_top1"], abs=1e-3)
     assert sel["oracle_test_top1"] >= result.metrics["top1"]
+    paper = sel["paper_rule"]["index"]  # the paper's rule: the best test top-1, and that same head's top-5
+    assert result.metrics["top1_paper_rule"] == pytest.approx(max(c["test_top1"] for c in cands), abs=1e-3)
+    assert result.metrics["top5_paper_rule"] == pytest.approx(cands[paper]["test_top5"], abs=1e-3)
     sizes = result.details["sizes"]
     assert sizes["val"] > 0 and sizes["train"] + sizes["val"] == 160
 
