@@ -200,3 +200,28 @@ def test_records_without_overrides_are_read_from_their_resolved_protocol():
     assert protocols.overrides(rec) == {"epochs": 30, "feature_cache": True}  # precision is never an override
     assert protocols.describe_overrides(protocols.overrides(rec)) == "--epochs 30 --feature-cache"
     assert protocols.settings(rec) == {"epochs": 30, "precision": "bf16", "feature_cache": True, "limit": 300}
+
+
+def test_probe_cells_show_the_main_and_the_paper_rule_number(tmp_path):
+    """Head chosen on val (`top1`) beside the pinned reference, the paper's rule (`top1_paper_rule`) beside the
+    paper's: both columns, each labelled, each with its own reference."""
+    root = tmp_path / "records"
+    for seed, (val_chosen, best_on_test) in enumerate([(85.0, 86.4), (85.4, 86.8)]):
+        rec = store.new_record(L224, "imagenet_probe", "p1", seed, main_metric="top1",
+                               metrics={"top1": val_chosen, "top5": 97.0, "top1_paper_rule": best_on_test,
+                                        "top5_paper_rule": 96.0}, selection={"split": "val"}, overrides={})
+        rec["backbone"] = {"name": L224, "resolution": 224}
+        store.write_record(root, rec)
+    board = leaderboard.build(store.load_records(root), _index())
+    assert board.metrics == ["top1", "top1_paper_rule", "top5", "top5_paper_rule"]
+    (row,) = _csv(leaderboard.write_csv(board, tmp_path / "lb.csv")).values()
+    assert float(row["top1 mean"]) == pytest.approx(85.2) and row["top1 reference"] == ""
+    assert float(row["top1_paper_rule mean"]) == pytest.approx(86.6) and row["top1_paper_rule reference"] == "86.6"
+    assert float(row["top1_paper_rule delta"]) == pytest.approx(0.0)
+    assert row["check"] == "paper Table 3 86.6 ± 0.5 on top1_paper_rule 86.60: pass"
+    md = leaderboard.to_markdown(board)
+    assert "| check | top1 | top1_paper_rule | top5 | top5_paper_rule | note |" in md
+    assert "| 85.20 ± 0.28 [2] | 86.60 ± 0.28 [2] (paper 86.6, Δ +0.00) |" in md
+    assert "`top1_paper_rule` / `top5_paper_rule` are the head with the best test top-1, the paper's rule" in md
+    table3 = leaderboard.layout_markdown(board, leaderboard.layout(board, "table3"))
+    assert "86.6 (+0.0)" in table3 and "as the paper chose" in table3  # the paper's layout: its own rule

@@ -245,3 +245,57 @@ def test_embedded_regression_catches_shuffled_labels(tmp_path, monkeypatch, caps
     capsys.readouterr()
     assert cli(["regress", "--records", str(tmp_path / "records"), "--references", str(EMBEDDED)]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the paper's head-selection rule, like for like
+def _probe(root: Path, top1: list[float], paper_rule: list[float] | None = None, oracle: list[float] | None = None,
+           phash: str = "p1", backbone: str = L224, task: str = "imagenet_probe") -> Path:
+    """Probe-like records: the head chosen on val (`top1`), and the paper's rule as a metric (new records) or only
+    as selection.oracle_test_top1 (records written before the metric existed), or neither."""
+    for seed, v in enumerate(top1):
+        metrics = {"top1": v, "top5": 99.0}
+        selection = {"rule": "highest top-1 on a validation split", "split": "val"}
+        if paper_rule is not None:
+            metrics |= {"top1_paper_rule": paper_rule[seed], "top5_paper_rule": 98.0}
+        if oracle is not None:
+            selection["oracle_test_top1"] = oracle[seed]
+        rec = store.new_record(backbone, task, phash, seed, metrics=metrics, main_metric="top1", selection=selection)
+        rec["backbone"] = {"name": backbone, "resolution": 224}
+        store.write_record(root, rec)
+    return root
+
+
+def test_paper_reference_is_compared_with_the_paper_rule(tmp_path, capsys):
+    # val-chosen 85.0 would fail Table 3's 86.6; the best head on test (86.5, the paper's rule) passes
+    assert _regress(_probe(tmp_path / "ok", [85.0], paper_rule=[86.5])) == 0
+    out = capsys.readouterr().out
+    assert "top1_paper_rule->top1" in out and "1 checked, 1 passed, 0 failed" in out
+    assert "<metric>_paper_rule: the probe head with the best test top-1" in out and "warning" not in out
+    # and the other way round: a val-chosen number at the paper's value does not hide a paper-rule number far above
+    assert _regress(_probe(tmp_path / "high", [86.6], paper_rule=[88.0])) == 1
+    assert "+1.40" in capsys.readouterr().out
+
+
+def test_pinned_reference_is_compared_with_the_main_metric(tmp_path, capsys):
+    pinned = tmp_path / "refs.csv"
+    references.write_csv(pinned, [{"backbone": "aimv2-tiny", "task": "digits_probe", "metric": "top1", "value": 75,
+                                   "tolerance": 1, "table": "embedded", "protocol_hash": "aaa"}],
+                         references.EMBEDDED_COLUMNS)
+    root = _probe(tmp_path / "r", [75.5], paper_rule=[80.0], phash="aaa", backbone="aimv2-tiny", task="digits_probe")
+    assert cli(["regress", "--records", str(root), "--references", str(pinned)]) == 0
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("pass")]
+    assert line.split()[3] == "top1" and "75.50" in line and "_paper_rule" not in out
+
+
+def test_old_records_fall_back_to_the_oracle_or_warn_once(tmp_path, capsys):
+    # written before top1_paper_rule: selection.oracle_test_top1 is the same number
+    assert _regress(_probe(tmp_path / "oracle", [85.0, 85.2], oracle=[86.4, 86.6])) == 0
+    out = capsys.readouterr().out
+    assert "top1_paper_rule->top1" in out and "86.50" in out and "warning" not in out
+    # neither: compared on the val-chosen top1, with one warning line for both records
+    assert _regress(_probe(tmp_path / "none", [86.5, 86.7])) == 0
+    out = capsys.readouterr().out
+    warnings = [ln for ln in out.splitlines() if ln.startswith("warning")]
+    assert warnings == ["warning: 2 record(s) chose their head on val and hold neither top1_paper_rule nor "
+                        "selection.oracle_test_top1: compared with the paper on top1, not like for like"]

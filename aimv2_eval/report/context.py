@@ -63,8 +63,16 @@ def reference_check(record: dict[str, Any]):
         index = references.Index(references.load(references.default_paths()))
     except UserError:  # an installed package without results/: no references to compare with
         return None
-    checks = regress.compare([record], index).checks
-    return next((c for c in checks if c.cell.metric == record["main_metric"]), None)
+    checks = regress.compare([record], index).checks  # a paper reference faces the paper-rule twin of the metric
+    return next((c for c in checks if references.base_metric(c.cell.metric) == record["main_metric"]), None)
+
+
+def check_text(check: Any) -> str:
+    """`pinned reference (seeds 1 2 3) 74.56 ± 7.24: pass`; where the number compared is not the main metric, it is
+    named: `paper Table 3 86.6 ± 0.5 on top1_paper_rule 86.90: pass`."""
+    cell, ref = check.cell, check.reference
+    on = "" if cell.metric == cell.main_metric else f" on {cell.metric} {cell.mean:.2f}"
+    return f"{describe_source(ref)} {ref.value:g} ± {check.tolerance:g}{on}: {'pass' if check.passed else 'FAIL'}"
 
 
 def describe_source(ref: Any) -> str:
@@ -99,6 +107,5 @@ def context_line(record: dict[str, Any], records_root: Path | None = None) -> st
     parts = context_parts(record, others)
     check = reference_check(record)
     if check is not None:
-        verdict = "pass" if check.passed else "FAIL"
-        parts.append(f"{describe_source(check.reference)} {check.reference.value:g} ± {check.tolerance:g}: {verdict}")
+        parts.append(check_text(check))
     return " | ".join(parts)

@@ -3,7 +3,8 @@
 One row per (backbone, resolution, task, protocol hash): two protocols of one cell are two rows, never one number,
 each with its salient settings (epochs, image size, batch size, precision, feature cache, limit) and the run
 options that moved it off the task's default. A reference appears only beside a row of the protocol it measured
-(`protocols.mismatch`). Outputs: a CSV (per metric: mean, std, reference, delta), the same as markdown, the
+(`protocols.mismatch`), and a paper reference beside the paper-rule number of a probe cell, where it has one
+(`find_reference`). Outputs: a CSV (per metric: mean, std, reference, delta), the same as markdown, the
 paper's own layouts (Tables 3/B2, 4, 7, D3) rebuilt from default-protocol rows, and a PNG of measured vs reference.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aimv2_eval.report import protocols
-from aimv2_eval.report.references import Index, Reference, tolerance_for
+from aimv2_eval.report.references import Index, Reference, base_metric, paper_rule_metric, tolerance_for
 
 # The paper layouts rebuilt from records: output suffix -> (title, the paper tables whose rows and columns it uses).
 LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -45,6 +46,11 @@ class Cell:
     created: str = ""
     settings: dict[str, Any] = field(default_factory=dict)  # salient settings of the protocol
     overrides: dict[str, Any] = field(default_factory=dict)  # run options off the task's default ({}: default)
+    selected_on: str = ""  # the split the record's head was chosen on (probe: 'val'); '': nothing chosen
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.backbone, self.resolution, self.task, self.protocol_hash, self.metric)
 
     @property
     def n(self) -> int:
@@ -72,13 +78,28 @@ def _resolution(record: dict[str, Any]) -> str:
     return "" if res is None else str(res)
 
 
+def _selection(record: dict[str, Any]) -> dict[str, Any]:
+    selection = record.get("selection")
+    return selection if isinstance(selection, dict) else {}
+
+
+def record_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's metrics. A probe record written before `top1_paper_rule` existed gets it from
+    selection.oracle_test_top1: the same number, the grid's best test top-1."""
+    metrics = dict(record.get("metrics") or {})
+    oracle = _selection(record).get("oracle_test_top1")
+    if oracle is not None:
+        metrics.setdefault(paper_rule_metric("top1"), oracle)
+    return metrics
+
+
 def measure(records: Sequence[dict[str, Any]]) -> list[Cell]:
     """Every numeric metric of every (backbone, resolution, task, protocol hash), over its seeds."""
     cells: dict[tuple[str, str, str, str, str], Cell] = {}
     for rec in sorted(records, key=lambda r: (r["cell"]["seed"], r.get("created", ""))):
         c = rec["cell"]
         res = _resolution(rec)
-        for metric, raw in sorted(rec.get("metrics", {}).items()):
+        for metric, raw in sorted(record_metrics(rec).items()):
             value = _number(raw)
             if value is None:
                 continue
@@ -87,11 +108,31 @@ def measure(records: Sequence[dict[str, Any]]) -> list[Cell]:
             if cell is None:  # one hash, one protocol: its settings are those of any of its records
                 cell = cells[key] = Cell(c["backbone"], res, c["task"], c["protocol_hash"], metric,
                                          rec.get("main_metric"), settings=protocols.settings(rec),
-                                         overrides=protocols.overrides(rec))
+                                         overrides=protocols.overrides(rec),
+                                         selected_on=str(_selection(rec).get("split") or ""))
             cell.values.append(value)
             cell.seeds.append(int(c["seed"]))
             cell.created = max(cell.created, str(rec.get("created", "")))
     return list(cells.values())
+
+
+def paper_rule_twin(cell: Cell, cells: dict[tuple[str, str, str, str, str], Cell]) -> Cell | None:
+    """The same records' paper-rule number of this metric ('top1' -> 'top1_paper_rule'), if they hold one."""
+    return cells.get((*cell.key[:-1], paper_rule_metric(cell.metric)))
+
+
+def find_reference(index: Index, cell: Cell, cells: dict[tuple[str, str, str, str, str], Cell]) -> Reference | None:
+    """The reference a cell faces, whatever its protocol (`protocols.mismatch` judges that). Like for like: the paper
+    reports the best head of its sweep, so a paper reference faces the paper-rule twin where the records hold one,
+    never the head chosen on validation; a pinned reference, measured with our own rule, faces the main metric."""
+    base = base_metric(cell.metric)
+    if base != cell.metric:  # a paper-rule number: paper references only
+        ref = index.get(cell.backbone, cell.task, base, cell.main_metric)
+        return ref if ref is not None and ref.is_paper else None
+    ref = index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
+    if ref is not None and ref.is_paper and paper_rule_twin(cell, cells) is not None:
+        return None
+    return ref
 
 
 @dataclass
@@ -123,19 +164,26 @@ class Leaderboard:
     # per row (backbone, resolution, task, protocol hash): its main metric's baselines and random-init twin
     context: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
     families: dict[str, str] = field(default_factory=dict)  # task -> plugin, for the plot's panels
+    cells: dict[tuple[str, str, str, str, str], Cell] = field(default_factory=dict)  # Cell.key -> cell
 
     def reference(self, cell: Cell) -> Reference | None:
         """The reference of this cell's protocol; None when there is none or it measured another protocol."""
-        ref = self.index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
+        ref = find_reference(self.index, cell, self.cells)
         return ref if ref is not None and self.mismatch(cell, ref) is None else None
 
     def mismatch(self, cell: Cell, ref: Reference) -> str | None:
         return protocols.mismatch(ref.extra.get("protocol_hash", ""), cell.protocol_hash, cell.overrides)
 
+    def compared(self, row: Row) -> Cell:
+        """The row's cell that faces its main metric's reference: the paper-rule twin for a paper reference (where
+        the records hold one), else the main metric."""
+        twin = paper_rule_twin(row.main, self.cells)
+        return twin if twin is not None and find_reference(self.index, twin, self.cells) is not None else row.main
+
     def note(self, row: Row) -> str:
         """Why a row's main metric has no reference beside it, when one exists for another protocol."""
-        cell = row.main
-        ref = self.index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
+        cell = self.compared(row)
+        ref = find_reference(self.index, cell, self.cells)
         return "" if ref is None or ref.value is None else self.mismatch(cell, ref) or ""
 
     def delta(self, cell: Cell) -> float | None:
@@ -144,15 +192,14 @@ class Leaderboard:
 
     def check(self, cell: Cell) -> str:
         """`pinned reference (seeds 1 2 3) 74.56 ± 7.24: pass` for a cell with a reference of its protocol."""
-        from aimv2_eval.report.context import describe_source
+        from aimv2_eval.report.context import check_text
 
         ref = self.reference(cell)
         if ref is None or ref.value is None:
             return ""
         from aimv2_eval.report.regress import Check  # regress builds on this module: imported when used
 
-        check = Check(cell, ref, tolerance_for(ref))
-        return f"{describe_source(ref)} {ref.value:g} ± {check.tolerance:g}: {'pass' if check.passed else 'FAIL'}"
+        return check_text(Check(cell, ref, tolerance_for(ref)))
 
     @property
     def setting_keys(self) -> list[str]:
@@ -189,11 +236,14 @@ def build(records: Sequence[dict[str, Any]], index: Index) -> Leaderboard:
     order: dict[str, int] = {}
     for r in index.refs:
         order.setdefault(r.metric, len(order))
-    metrics = sorted({c.metric for c in cells}, key=lambda m: (order.get(m, len(order)), m))
+    # each paper-rule number right after its main metric ('top1', 'top1_paper_rule', 'top5', ...)
+    metrics = sorted({c.metric for c in cells},
+                     key=lambda m: (order.get(base_metric(m), len(order)), base_metric(m), m != base_metric(m)))
     paper_cells, notes = _paper_cells(cells)
     rows = _rows(cells)
     return Leaderboard(rows, metrics, index, notes, paper_cells, _context(rows, records),
-                       {r["cell"]["task"]: (r.get("task_config") or {}).get("plugin") or "other" for r in records})
+                       {r["cell"]["task"]: (r.get("task_config") or {}).get("plugin") or "other" for r in records},
+                       {c.key: c for c in cells})
 
 
 def _context(rows: Sequence[Row], records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, str], str]:
@@ -232,7 +282,7 @@ def _head_values(lb: Leaderboard, row: Row) -> list[str]:
     return [row.backbone, row.resolution, row.task, row.protocol_hash,
             *[_setting(row.settings.get(k)) for k in lb.setting_keys],
             protocols.describe_overrides(row.overrides), str(row.main.n), row.main.metric,
-            lb.context.get((row.backbone, row.resolution, row.task, row.protocol_hash), ""), lb.check(row.main)]
+            lb.context.get((row.backbone, row.resolution, row.task, row.protocol_hash), ""), lb.check(lb.compared(row))]
 
 
 def write_csv(lb: Leaderboard, path: Path) -> Path:
@@ -271,6 +321,11 @@ def _md_cell(lb: Leaderboard, cell: Cell | None, with_paper: bool = True) -> str
     return text
 
 
+PAPER_RULE_LEGEND = ("probe cells: `top1` / `top5` are the grid head chosen on a validation split held out from the "
+                     "training data (the main number, beside pinned references); `top1_paper_rule` / `top5_paper_rule` "
+                     "are the head with the best test top-1, the paper's rule, beside the paper's reference")
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -282,6 +337,8 @@ def to_markdown(lb: Leaderboard) -> str:
     rows = [[*_head_values(lb, r), *[_md_cell(lb, r.cells.get(m)) for m in lb.metrics], lb.note(r)] for r in lb.rows]
     text = ("# Leaderboard\n\none row per protocol; mean ± std over seeds [number of seeds] "
             "(reference of the same protocol, Δ = measured − reference)\n\n")
+    if any(m != base_metric(m) for m in lb.metrics):
+        text += PAPER_RULE_LEGEND + "\n\n"
     text += _md_table(header, rows) + "\n"
     if lb.notes:
         text += "\n" + "\n".join(f"- {n}" for n in lb.notes) + "\n"
@@ -312,7 +369,7 @@ def layout(lb: Leaderboard, name: str) -> Layout:
     labels: dict[str, str] = {}
     for r in refs:
         labels.setdefault(r.backbone, r.label)
-    measured = sorted({(b, res) for b, res, t, m in lb.paper_cells if (t, m) in columns})
+    measured = sorted({(b, res) for b, res, t, m in lb.paper_cells if (t, base_metric(m)) in columns})
     paper_order = {b: i for i, b in enumerate(labels)}
     measured.sort(key=lambda k: (paper_order.get(k[0], len(paper_order)), k))
     return Layout(
@@ -321,6 +378,12 @@ def layout(lb: Leaderboard, name: str) -> Layout:
         [(t, m, h) for (t, m), h in columns.items()],
         [(b, res, labels.get(b, "")) for b, res in measured],
     )
+
+
+def _layout_cell(lb: Leaderboard, backbone: str, res: str, task: str, metric: str) -> Cell | None:
+    """What a paper layout shows: the paper-rule number where the records hold one (like for like), else the metric."""
+    cells = lb.paper_cells
+    return cells.get((backbone, res, task, paper_rule_metric(metric))) or cells.get((backbone, res, task, metric))
 
 
 def write_layout_csv(lb: Leaderboard, lay: Layout, path: Path) -> Path:
@@ -333,7 +396,7 @@ def write_layout_csv(lb: Leaderboard, lay: Layout, path: Path) -> Path:
         for b, res, label in lay.rows:
             line = [b, res, label]
             for t, m, _ in lay.columns:
-                cell = lb.paper_cells.get((b, res, t, m))
+                cell = _layout_cell(lb, b, res, t, m)
                 ref = lb.reference(cell) if cell else None
                 line += ["", "", ""] if cell is None else [
                     _fmt(cell.mean), "" if ref is None else _fmt(ref.value), _fmt(lb.delta(cell))
@@ -344,16 +407,18 @@ def write_layout_csv(lb: Leaderboard, lay: Layout, path: Path) -> Path:
 
 def layout_markdown(lb: Leaderboard, lay: Layout) -> str:
     header = ["backbone", "paper row", *[h for _, _, h in lay.columns]]
-    rows = []
+    rows, paper_rule = [], False
     for b, res, label in lay.rows:
         line = [f"{b} ({res})" if res else b, label]
         for t, m, _ in lay.columns:
-            cell = lb.paper_cells.get((b, res, t, m))
+            cell = _layout_cell(lb, b, res, t, m)
             delta = lb.delta(cell) if cell else None
+            paper_rule |= cell is not None and cell.metric != m
             line.append("" if cell is None else f"{cell.mean:.1f}" + ("" if delta is None else f" ({delta:+.1f})"))
         rows.append(line)
     body = _md_table(header, rows) if rows else "(no measured cell in this table's benchmarks)"
-    return f"## {lay.title}\n\nmeasured seed mean of the task's default protocol (measured − paper)\n\n{body}\n"
+    rule = "; probe cells: the head with the best test top-1 (`top1_paper_rule`), as the paper chose" if paper_rule else ""
+    return f"## {lay.title}\n\nmeasured seed mean of the task's default protocol (measured − paper){rule}\n\n{body}\n"
 
 
 def plot(lb: Leaderboard, path: Path) -> Path | None:

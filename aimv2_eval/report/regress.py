@@ -3,7 +3,9 @@
 A cell passes when |measured - reference| <= tolerance. Both directions count: a number far above the paper or the
 pinned value (a label leak, evaluation on the training split) is as suspicious as one below it. A cell is compared
 only with a reference of its own protocol (`protocols.mismatch`: a pinned reference's hash, or the task's default
-protocol for a paper reference); the others are skipped and counted with the reason.
+protocol for a paper reference); the others are skipped and counted with the reason. Like for like: a paper
+reference is compared with the paper's head-selection rule (`top1_paper_rule`: the probe head with the best test
+top-1), a pinned reference with the main metric (`top1`: the head chosen on validation); the metric column says which.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from typing import Any
 from aimv2_eval.errors import UserError
 from aimv2_eval.report import protocols
 from aimv2_eval.report.context import describe_source
-from aimv2_eval.report.leaderboard import Cell, measure
+from aimv2_eval.report.leaderboard import Cell, find_reference, measure
 from aimv2_eval.report.references import (
     MIN_EMBEDDED_TOLERANCE,
+    PAPER_RULE_SUFFIX,
     SPREAD_SIGMAS,
     Index,
     Reference,
+    base_metric,
+    paper_rule_metric,
     pinned_tolerance,
     tolerance_for,
 )
@@ -49,12 +54,22 @@ class Comparison:
     checks: list[Check]
     # reason -> the records (backbone, task, protocol hash, seed) skipped for it
     skipped: dict[str, set[tuple[str, str, str, int]]] = field(default_factory=dict)
+    # warning -> the records (backbone, task, protocol hash, seed) it concerns: checked, but not like for like
+    warnings: dict[str, set[tuple[str, str, str, int]]] = field(default_factory=dict)
 
     def skip_lines(self) -> list[str]:
         return [f"skipped {len(recs)} record(s): {reason}" for reason, recs in sorted(self.skipped.items())]
 
+    def warning_lines(self) -> list[str]:
+        return [f"warning: {len(recs)} record(s) {text}" for text, recs in sorted(self.warnings.items())]
+
 
 NO_REFERENCE = "no reference for this backbone and task"
+
+
+def not_like_for_like(cell: Cell) -> str:
+    return (f"chose their head on {cell.selected_on} and hold neither {paper_rule_metric(cell.metric)} nor "
+            f"selection.oracle_test_top1: compared with the paper on {cell.metric}, not like for like")
 
 
 def compare(
@@ -66,24 +81,27 @@ def compare(
     """One check per measured (backbone, task, protocol, metric) that has a reference of its own protocol; the
     records of every other cell are skipped, by reason."""
     cells = measure(records)
-    checks, skipped = [], defaultdict(set)
+    by_key = {c.key: c for c in cells}
+    checks, skipped, warnings = [], defaultdict(set), defaultdict(set)
     checked: set[tuple[str, str, str]] = set()
     for cell in cells:
-        ref = index.get(cell.backbone, cell.task, cell.metric, cell.main_metric)
+        ref = find_reference(index, cell, by_key)  # a paper reference: the paper-rule twin, where there is one
         if ref is None or ref.value is None:
             continue
         reason = protocols.mismatch(ref.extra.get("protocol_hash", ""), cell.protocol_hash, cell.overrides)
         if reason:
             skipped[reason].update(_record_keys(cell))
-        else:
-            checks.append(Check(cell, ref, tolerance_for(ref, overall, per_metric)))
-            checked.add((cell.backbone, cell.task, cell.protocol_hash))
+            continue
+        checks.append(Check(cell, ref, tolerance_for(ref, overall, per_metric)))
+        checked.add((cell.backbone, cell.task, cell.protocol_hash))
+        if ref.is_paper and cell.selected_on and cell.metric == base_metric(cell.metric):
+            warnings[not_like_for_like(cell)].update(_record_keys(cell))
     for cell in cells:  # a record none of whose metrics has a reference at all
         keys = _record_keys(cell)
         if (cell.backbone, cell.task, cell.protocol_hash) not in checked and not any(keys & s for s in skipped.values()):
             skipped[NO_REFERENCE].update(keys)
     checks.sort(key=lambda c: (c.cell.backbone, c.cell.task, c.cell.metric, c.cell.protocol_hash))
-    return Comparison(checks, dict(skipped))
+    return Comparison(checks, dict(skipped), dict(warnings))
 
 
 def _record_keys(cell: Cell) -> set[tuple[str, str, str, int]]:
@@ -109,7 +127,11 @@ def format_table(checks: Sequence[Check]) -> str:
             source,
         ))
     failed = sum(not c.passed for c in checks)
-    return text_table(header, rows) + f"\n{len(checks)} checked, {len(checks) - failed} passed, {failed} failed"
+    text = text_table(header, rows) + f"\n{len(checks)} checked, {len(checks) - failed} passed, {failed} failed"
+    if any(c.cell.metric.endswith(PAPER_RULE_SUFFIX) for c in checks):
+        text += ("\n<metric>_paper_rule: the probe head with the best test top-1, the paper's rule, compared with "
+                 "paper references; <metric>: the head chosen on validation, compared with pinned references")
+    return text
 
 
 def pin_rows(
