@@ -90,7 +90,7 @@ CASES: list[tuple[str, Any, list[str]]] = [
     ("probe_selection_metric", probe_protocol(selection={"metric": "top5"}), ["protocol.selection.metric", "top1"]),
     ("probe_head_not_mapping", probe_protocol(head=16), ["protocol.head must be a mapping"]),
     ("probe_main_metric_unknown", probe(metric={"main": "accuracy"}),
-     ["metric.main 'accuracy' is not a metric the probe plugin produces", "top1, top5"]),
+     ["metric.main 'accuracy' is not a metric the probe plugin produces", "top1, top1_paper_rule, top5"]),
     ("probe_report_metric_unknown", probe(metric={"report": ["top1", "top3"]}), ["metric.report[1] 'top3'"]),
     # ------------------------------------------------ lit
     ("lit_lr_word", based_on("scenes_zeroshot_unseen", protocol={"lr": "fast"}),

@@ -14,6 +14,10 @@ Attention pooling is computed in an associative order that avoids projecting eve
 q . (W_k x) = (W_k^T q) . x, and since the attention weights sum to one, sum_n a_n W_v x_n = W_v (sum_n a_n x_n).
 Same function, same gradients, but O(B N D heads) instead of O(B N D^2) per grid head, which is what makes 14
 heads cost about as much as one.
+
+Test resolution (Table 6): the probe trains at `image_size` and the test split is encoded at `test_resolution`, a
+size or `native` (each image at its own size and aspect ratio). Native batches mix token counts: they are padded,
+with a mask that the pooling (-inf before the softmax) and the norm's statistics respect.
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ from aimv2_eval.launch.distributed import DistContext, all_reduce_sum, barrier, 
 from aimv2_eval.metrics import TOPK, topk_correct
 from aimv2_eval.plugins.base import Plugin, PluginResult, RunOptions
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: tokens packed as one (sum N_i, D) array + offsets, so that samples may differ in token count
+# Native test resolution: at most 2^12 patches per image, the largest area A = 2^n of the paper's native-resolution
+# fine-tuning (Section 2.4, n mapped to [7, 12]); a larger image is scaled down to fit, keeping its aspect ratio.
+NATIVE_MAX_PATCHES = 4096
 
 
 # ---------------------------------------------------------------- the probe
@@ -74,11 +81,12 @@ class ChannelNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(dim))
         self.ctx = DistContext()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` (B, N), True at real tokens: padding stays out of the batch statistics."""
         if not self.training:
             return (x - self.running_mean) / torch.sqrt(self.running_var + self.eps)
         with torch.no_grad():
-            flat = x.detach().reshape(-1, x.shape[-1]).double()
+            flat = (x.detach().reshape(-1, x.shape[-1]) if mask is None else x.detach()[mask]).double()
             count = torch.tensor([float(flat.shape[0])], dtype=torch.float64, device=x.device)
             total = flat.sum(0)
             all_reduce_sum(count, self.ctx)
@@ -144,14 +152,18 @@ class ProbeGrid(nn.Module):
         """Each probe's parameters, as views into the stacked tensors."""
         return [ProbeHead(*(getattr(self, name)[g] for name in PROBE_PARAMS)) for g in range(self.num_probes)]
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` (B, N), True at real tokens, for padded batches of different token counts (None: all real)."""
         b, n, d = tokens.shape
         g, h = self.num_probes, self.num_heads
         dh = d // h
-        x = self.norm(tokens)
+        x = self.norm(tokens, mask)
         key, value = self.key.view(g, h, dh, d), self.value.view(g, h, dh, d)
         q_in = torch.einsum("ghe,ghed->ghd", self.query, key) * dh**-0.5  # the query seen through W_k: (G, h, D)
-        attn = (x @ q_in.reshape(g * h, d).T).transpose(1, 2).softmax(-1)  # (B, G*h, N)
+        scores = (x @ q_in.reshape(g * h, d).T).transpose(1, 2)  # (B, G*h, N)
+        if mask is not None:  # padding gets exactly zero weight (and a finite norm output times 0 adds nothing)
+            scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        attn = scores.softmax(-1)
         pooled = (attn @ x).view(b, g, h, d)  # attention-weighted tokens per probe and head
         out = torch.einsum("bghd,ghed->bghe", pooled, value).reshape(b, g, d)  # W_v applied after pooling
         return torch.einsum("bgd,gcd->bgc", out, self.weight) + self.bias
@@ -236,11 +248,11 @@ class GridAdamW(torch.optim.Optimizer):
 
 
 def train_step(model: nn.Module, optim: torch.optim.Optimizer, tokens: torch.Tensor, y: torch.Tensor,
-               clip: float | None, scale: float) -> torch.Tensor:
+               clip: float | None, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     """One update of every probe of a grid (`model`: a ProbeGrid, or DDP around one): the summed cross-entropy of
     each probe times `scale` is backpropagated, each probe clipped on its own, one optimizer step.
     Returns the (G,) summed losses."""
-    logits = model(tokens)  # (b, G, C)
+    logits = model(tokens, mask)  # (b, G, C)
     ce = F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, logits.shape[1]), reduction="none")
     per_probe = ce.sum(0)  # (G,): each probe's loss only reaches its own parameters
     (per_probe.sum() * scale).backward()
@@ -322,12 +334,83 @@ def train_transform(image_size: int, preprocess: Any, aug: dict) -> Callable:
 
 
 def task_preprocess(backbone: Any, image_size: int) -> Any:
-    """The backbone's eval preprocessing at the task's input size (resize scaled with it)."""
+    """The backbone's eval preprocessing at the task's input size (resize scaled with it).
+
+    A backbone that takes images as they are (no resize, no crop: the native-resolution AIMv2) gets, at a fixed
+    size, what the fixed-resolution AIMv2 releases publish: shortest-edge resize to the size, centre crop (Table 6
+    compares it with them at 224x224 and 448x448)."""
     pre = backbone.preprocess
+    if pre.resize is None and not pre.crop:
+        return dataclasses.replace(pre, image_size=image_size, resize=image_size, crop=True, resize_mode="shortest",
+                                   multiple_of=1)
     if image_size == pre.image_size:
         return pre
     resize = None if pre.resize is None else round(pre.resize * image_size / pre.image_size)
     return dataclasses.replace(pre, image_size=image_size, resize=resize)
+
+
+# ---------------------------------------------------------------- native test resolution (Table 6)
+def native_preprocess(backbone: Any) -> Any:
+    """Each image at its own size: no resize, no crop, right/bottom edges trimmed to whole patches. This is the
+    released native checkpoint's own preprocessing (its stride-14 patch convolution drops the remainder: the
+    reference output for a 640x480 image is a 34x45 grid, ../shared/OFFLINE_ASSETS.md), rather than a resize to the
+    nearest multiple, which would give 34x46."""
+    return dataclasses.replace(backbone.preprocess, resize=None, crop=False, multiple_of=backbone.meta.patch_size,
+                               resize_mode="shortest")  # the mode NativeTransform's downscaling needs
+
+
+def native_resize(width: int, height: int, patch: int, max_patches: int) -> int | None:
+    """The shortest-edge size (pixels) that brings an image over `max_patches` whole patches under it, keeping its
+    aspect ratio (Section 2.4 fits images into an area the same way); None when the image fits as it is."""
+    if (width // patch) * (height // patch) <= max_patches:
+        return None
+    short, long = sorted((width, height))
+    # rows s and cols floor(s * long / short) of patches: s * s * long / short <= max_patches
+    return max(1, math.isqrt(max_patches * short // long)) * patch
+
+
+def native_grid(width: int, height: int, patch: int, max_patches: int) -> tuple[int, int]:
+    """(rows, cols) of patches that NativeTransform gives an image of width x height."""
+    side = native_resize(width, height, patch, max_patches)
+    if side is not None:  # torchvision's shortest-edge resize: the long edge becomes int(side * long / short)
+        if width <= height:
+            width, height = side, int(side * height / width)
+        else:
+            width, height = int(side * width / height), side
+    return height // patch, width // patch
+
+
+@dataclass(frozen=True)
+class NativeTransform:
+    """PIL image -> (3, H, W) at the image's own size (`native_preprocess`), scaled down first when it has more than
+    `max_patches` patches. Picklable for DataLoader workers."""
+
+    preprocess: Any
+    max_patches: int
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        from aimv2_eval.backbones import build_eval_transform
+
+        side = native_resize(*image.size, self.preprocess.multiple_of, self.max_patches)
+        pre = self.preprocess if side is None else dataclasses.replace(self.preprocess, resize=side)
+        return build_eval_transform(pre)(image)
+
+    def num_tokens(self, size: tuple[int, int]) -> int:
+        rows, cols = native_grid(*size, self.preprocess.multiple_of, self.max_patches)
+        return rows * cols
+
+
+class _TokenCounts(torch.utils.data.Dataset):
+    """Each sample's token count under a NativeTransform, from the image size alone (no resize, no encode)."""
+
+    def __init__(self, split: LabelledImages, transform: NativeTransform) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> int:
+        return self.transform.num_tokens(self.split.image(i).size)
 
 
 @dataclass
@@ -344,7 +427,35 @@ def encode(backbone: Any, images: torch.Tensor, device: torch.device, precision:
         return backbone.tokens(images.to(device, non_blocking=True)).tokens.float()
 
 
-def cache_key(backbone: Any, preprocess: Any, split: LabelledImages, precision: str) -> str:
+def encode_each(backbone: Any, images: list[torch.Tensor], device: torch.device, precision: str) -> list[torch.Tensor]:
+    """Tokens (N_i, D) of images of different sizes, in input order: one forward per distinct size (images of
+    different sizes cannot share a batch without attention masks in the backbone)."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(images):
+        by_shape.setdefault(tuple(x.shape), []).append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(images)
+    for idx in by_shape.values():
+        for i, tokens in zip(idx, encode(backbone, torch.stack([images[i] for i in idx]), device, precision)):
+            out[i] = tokens
+    return out
+
+
+def pad_tokens(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N_max, D) zero-padded at the end (torch's pad_sequence) and the (B, N_max) mask, True at real tokens."""
+    lengths = torch.tensor([len(t) for t in tokens], device=tokens[0].device)
+    padded = nn.utils.rnn.pad_sequence(tokens, batch_first=True)
+    return padded, torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]
+
+
+def _image_list(samples: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """DataLoader collate for images of different sizes: a list, not a stacked tensor."""
+    images, labels = zip(*samples)
+    return list(images), torch.tensor(labels, dtype=torch.long)
+
+
+def cache_key(backbone: Any, preprocess: Any, split: LabelledImages, precision: str,
+              max_patches: int | None = None) -> str:
+    """`max_patches`: the native transform's cap (None: a fixed-size transform)."""
     blob = json.dumps(
         {
             "format": CACHE_FORMAT,
@@ -353,14 +464,61 @@ def cache_key(backbone: Any, preprocess: Any, split: LabelledImages, precision: 
             "preprocess": dataclasses.asdict(preprocess),
             "dataset": split.identity,
             "precision": precision,
+            **({"native_max_patches": max_patches} if max_patches is not None else {}),
         },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+class PackedTokens:
+    """The tokens of every sample of a split, packed: `array` (sum N_i, D) and `offsets` (n + 1,), sample i being
+    array[offsets[i]:offsets[i + 1]]. When every sample has the same count N, `rows` views it as (n, N, D)."""
+
+    def __init__(self, array: np.ndarray, offsets: np.ndarray) -> None:
+        self.array, self.offsets = array, offsets
+        lengths = np.diff(offsets)
+        uniform = len(lengths) > 0 and bool((lengths == lengths[0]).all())
+        self.rows = array.reshape(len(lengths), int(lengths[0]), array.shape[1]) if uniform else None
+
+    @classmethod
+    def open(cls, folder: Path, mode: str = "r") -> PackedTokens:
+        return cls(np.load(folder / "tokens.npy", mmap_mode=mode), np.load(folder / "offsets.npy"))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        if self.rows is None:
+            raise ValueError("the samples differ in token count: no single token shape")
+        return tuple(self.rows.shape[1:])
+
+    def sample(self, i: int) -> np.ndarray:
+        return self.array[self.offsets[i] : self.offsets[i + 1]]
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens, mask) of samples `idx`: (B, N, D) and no mask when the split has one token count, else padded."""
+        if self.rows is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.rows[idx])).float(), None
+        return pad_tokens([torch.from_numpy(np.array(self.sample(i))).float() for i in idx])
+
+    def write(self, idx: Sequence[int], tokens: torch.Tensor | list[torch.Tensor]) -> None:
+        """Store the tokens of samples `idx` (a (B, N, D) tensor or a list of (N_i, D)) as float16."""
+        if self.rows is not None and isinstance(tokens, torch.Tensor):
+            self.rows[idx] = tokens.cpu().numpy().astype(np.float16)
+            return
+        for i, t in zip(idx, tokens):
+            start, end = self.offsets[i], self.offsets[i + 1]
+            if len(t) != end - start:  # the token count predicted from the image size must be the encoder's
+                raise UserError(f"sample {i}: the backbone gave {len(t)} tokens where {end - start} were expected "
+                                "from the image size; this backbone's grid does not follow its patch size, so "
+                                "test_resolution: native cannot be cached for it (run with --no-feature-cache)")
+            self.array[start:end] = t.cpu().numpy().astype(np.float16)
+
+
 class FeatureCache:
-    """Frozen tokens of one split on disk (float16 .npy, memory-mapped), keyed by backbone weights,
+    """Frozen tokens of one split on disk (float16, packed with offsets, memory-mapped), keyed by backbone weights,
     preprocessing, dataset and split. Built once (sharded over ranks), reused by every head and every rerun."""
 
     def __init__(self, root: Path, key: str) -> None:
@@ -370,40 +528,51 @@ class FeatureCache:
     def complete(self) -> bool:
         return (self.dir / "meta.json").is_file()
 
-    def tokens(self) -> np.ndarray:
-        return np.load(self.dir / "tokens.npy", mmap_mode="r")
+    def tokens(self) -> PackedTokens:
+        return PackedTokens.open(self.dir)
 
     def build(self, backbone: Any, split: LabelledImages, transform: Callable, batch_size: int, workers: int,
-              ctx: DistContext, precision: str, progress: bool, split_name: str = "") -> float:
-        """Encode every sample of `split`; returns images/s of this rank."""
+              ctx: DistContext, precision: str, progress: bool, split_name: str = "",
+              lengths: np.ndarray | None = None) -> float:
+        """Encode every sample of `split`; returns images/s of this rank. `lengths`: each sample's token count when
+        they differ (native resolution), else every sample has the first one's."""
         tmp = self.dir.parent / broadcast_object(f"{temp_prefix(self.dir)}{uuid.uuid4().hex[:8]}.tmp", ctx)
         try:
             if ctx.is_main:
                 remove_stale_temps(self.dir)  # what a killed build of this cache left
                 tmp.mkdir(parents=True, exist_ok=True)
                 x0, _ = SampleSet(split, transform, 0, False)[0]
-                shape = tuple(encode(backbone, x0[None], ctx.device, precision).shape[1:])
-                np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=np.float16, shape=(len(split), *shape)).flush()
+                n, dim = encode(backbone, x0[None], ctx.device, precision).shape[1:]
+                counts = np.full(len(split), n, dtype=np.int64) if lengths is None else np.asarray(lengths, np.int64)
+                offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+                np.save(tmp / "offsets.npy", offsets)
+                np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=np.float16,
+                                          shape=(int(offsets[-1]), dim)).flush()
             barrier(ctx)
-            out = np.load(tmp / "tokens.npy", mmap_mode="r+")
+            out = PackedTokens.open(tmp, mode="r+")
             mine = shard(list(range(len(split))), ctx)
             batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
             loader = torch.utils.data.DataLoader(SampleSet(split, transform, 0, False), batch_sampler=batches,
-                                                 num_workers=workers)
+                                                 num_workers=workers,
+                                                 collate_fn=None if lengths is None else _image_list)
             start, done = time.perf_counter(), 0
             bar = Progress(len(mine), f"caching frozen {split_name} tokens".replace("  ", " "), unit="img",
                            enabled=progress, lines=1)
             for idx, (x, _) in zip(batches, loader):
-                out[idx] = encode(backbone, x, ctx.device, precision).cpu().numpy().astype(np.float16)
+                if lengths is None:
+                    out.write(idx, encode(backbone, x, ctx.device, precision))
+                else:
+                    out.write(idx, encode_each(backbone, x, ctx.device, precision))
                 fail_point("feature-cache")  # the crash tests kill here: half a cache on disk
                 done += len(idx)
                 bar.update(len(idx))
             bar.close()
-            out.flush()
+            out.array.flush()
             del out
             barrier(ctx)
             if ctx.is_main:
-                (tmp / "meta.json").write_text(json.dumps({"identity": split.identity, "n": len(split)}))
+                (tmp / "meta.json").write_text(json.dumps({"identity": split.identity, "n": len(split),
+                                                           "format": CACHE_FORMAT}))
                 if self.complete:  # another run finished the same cache first
                     shutil.rmtree(tmp, ignore_errors=True)
                 else:
@@ -418,7 +587,8 @@ class FeatureCache:
 
 # ---------------------------------------------------------------- the plugin
 PROTOCOL_KEYS = ("optimizer", "betas", "lr_grid", "wd_grid", "min_lr", "schedule", "batch_size", "grad_clip",
-                 "warmup_epochs", "epochs", "image_size", "augment", "head", "selection", "limit", "feature_cache")
+                 "warmup_epochs", "epochs", "image_size", "augment", "head", "selection", "limit", "feature_cache",
+                 "test_resolution", "native_max_patches")
 AUGMENT_KEYS = ("scale", "ratio", "interpolation", "hflip", "color_jitter", "auto_augment", "force_color_jitter")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos", "random")  # timm's names
 AUTO_AUGMENT = ("rand", "augmix", "original", "v0", "3a")  # how timm's policy strings start
@@ -426,6 +596,12 @@ AUTO_AUGMENT = ("rand", "augmix", "original", "v0", "3a")  # how timm's policy s
 
 def _image_size(value: Any, where: str) -> Any:
     return value if value == "native" else v.positive_int(value, where)
+
+
+def _test_resolution(value: Any, where: str) -> Any:
+    if value == "native" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise v.fail(where, "a size in pixels (e.g. 448) or native (each image at its own size)", value)
 
 
 def _auto_augment(value: Any, where: str) -> Any:
@@ -444,6 +620,7 @@ def check_protocol(task: Any, p: dict[str, Any]) -> None:
         **v.TRAINING_FIELDS, "lr_grid": partial(v.numbers, scalar=True, gt=0),
         "wd_grid": partial(v.numbers, scalar=True, ge=0), "grad_clip": v.nonneg_number,
         "warmup_epochs": v.nonneg_number, "image_size": _image_size, "feature_cache": v.boolean,
+        "test_resolution": _test_resolution, "native_max_patches": v.positive_int,
         # the only optimizer and schedule the probe implements: anything else would silently run these
         "optimizer": partial(v.string, choices=("adamw",)), "schedule": partial(v.string, choices=("cosine",)),
         "augment": v.mapping, "head": v.mapping, "selection": v.mapping,
@@ -467,6 +644,22 @@ def check_protocol(task: Any, p: dict[str, Any]) -> None:
     if "num_classes" not in task.data:
         raise UserError(f"{v.at(task, 'data.num_classes')} is missing; the probe's classifier needs the number of "
                         "classes (e.g. num_classes: 10)")
+
+
+def resolve_test_resolution(task: Any, p: dict[str, Any]) -> None:
+    """`test_resolution` (Table 6): the size the test split is encoded at, or `native` (each image at its own size,
+    at most `native_max_patches` patches). The probe itself trains, and its head is chosen on the validation split,
+    at `image_size`: Table 6 varies only the "test resolution" of its columns, and the paper states one probe
+    training protocol (Table A2, at the model's resolution), so each model's probe is trained once and tested at
+    each size. Absent or equal to image_size, the key is left out, so the protocol (and its hash) is the plain one."""
+    test = p.pop("test_resolution", None)
+    if test is not None and test != p["image_size"]:
+        p["test_resolution"] = test
+    if p.get("test_resolution") == "native":
+        p["native_max_patches"] = int(p.get("native_max_patches", NATIVE_MAX_PATCHES))
+    elif "native_max_patches" in p:
+        raise UserError(f"{v.at(task, 'protocol.native_max_patches')} applies only with test_resolution: native; "
+                        "remove it or set test_resolution: native")
 
 
 class ProbePlugin(Plugin):
@@ -496,6 +689,7 @@ class ProbePlugin(Plugin):
             raise UserError(f"epochs and batch size must be >= 1, got {p['epochs']} and {p['batch_size']}")
         if p.get("image_size", "native") == "native":
             p["image_size"] = int(backbone.image_size)
+        resolve_test_resolution(task, p)
         p["precision"] = options.precision
         p["feature_cache"] = options.feature_cache is not None  # cached tokens mean no augmentation
         return p
@@ -534,48 +728,94 @@ class _ProbeRun:
         from aimv2_eval.backbones import build_eval_transform
 
         self.eval_tf = build_eval_transform(self.preprocess)
+        # the test split's own preprocessing and transform (Table 6); the train split's (val included) otherwise
+        self.native = protocol.get("test_resolution") == "native"
+        if self.native:
+            test_pre = native_preprocess(backbone)
+            test_tf: Callable = NativeTransform(test_pre, int(protocol["native_max_patches"]))
+        elif "test_resolution" in protocol:
+            test_pre = task_preprocess(backbone, int(protocol["test_resolution"]))
+            test_tf = build_eval_transform(test_pre)
+        else:
+            test_pre, test_tf = self.preprocess, self.eval_tf
+        self.preprocesses = {"train": self.preprocess, "test": test_pre}
+        self.transforms = {"train": self.eval_tf, "test": test_tf}
         self.cached = options.feature_cache is not None
-        self.caches: dict[str, np.ndarray] = {}
+        self.caches: dict[str, PackedTokens] = {}
         self.throughput: dict[str, float] = {}
         self.progress = options.progress and ctx.is_main
         self.checkpointer = Checkpointer(options.checkpoint, fingerprint=json.loads(json.dumps(protocol)),
                                          every_minutes=options.checkpoint_minutes)
 
     # ------------------------------------------------------------ tokens
+    def _varies(self, split_name: str) -> bool:
+        """Whether the samples of this split differ in token count (native test resolution)."""
+        return self.native and split_name == "test"
+
+    def _eval_batch_size(self, split_name: str) -> int:
+        """Images per evaluation batch. Native images have up to native_max_patches tokens: so many that the padded
+        batch holds no more tokens than a training batch (results do not depend on it: the probe is in eval mode)."""
+        if not self._varies(split_name):
+            return self.p["batch_size"]
+        train_tokens = (int(self.p["image_size"]) // self.backbone.meta.patch_size) ** 2
+        return max(1, self.p["batch_size"] * train_tokens // int(self.p["native_max_patches"]))
+
+    def _token_counts(self, split: LabelledImages) -> np.ndarray:
+        """Each sample's token count at native resolution (from image sizes; sharded, summed over ranks)."""
+        counts = torch.zeros(len(split), dtype=torch.long)
+        mine = shard(list(range(len(split))), self.ctx)
+        batches = [mine[i : i + 256] for i in range(0, len(mine), 256)]
+        loader = torch.utils.data.DataLoader(_TokenCounts(split, self.transforms["test"]), batch_sampler=batches,
+                                             num_workers=self.opt.workers)
+        for idx, n in zip(batches, loader):
+            counts[idx] = n
+        all_reduce_sum(counts, self.ctx)
+        return counts.numpy()
+
     def _prepare_cache(self) -> None:
         for name, split in (("train", self.data.train), ("test", self.data.test)):
-            cache = FeatureCache(self.opt.feature_cache, cache_key(self.backbone, self.preprocess, split, self.p["precision"]))
+            tf = self.transforms[name]
+            max_patches = tf.max_patches if isinstance(tf, NativeTransform) else None
+            key = cache_key(self.backbone, self.preprocesses[name], split, self.p["precision"], max_patches)
+            cache = FeatureCache(self.opt.feature_cache, key)
             if not cache.complete:
-                rate = cache.build(self.backbone, split, self.eval_tf, self.p["batch_size"], self.opt.workers, self.ctx,
-                                   self.p["precision"], self.progress, name)
+                lengths = self._token_counts(split) if self._varies(name) else None
+                rate = cache.build(self.backbone, split, tf, self._eval_batch_size(name), self.opt.workers, self.ctx,
+                                   self.p["precision"], self.progress, name, lengths)
                 self.throughput[f"cache_{name}_images_per_s"] = round(rate * self.ctx.world_size, 2)
             self.caches[name] = cache.tokens()
 
     def _batches(self, split_name: str, split: LabelledImages, positions: list[list[int]], augment: bool,
-                 epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(tokens, labels) for each list of positions of `split` (lists may be empty on some ranks)."""
+                 epoch: int = 0) -> Iterator[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]]:
+        """(tokens, mask, labels) for each list of positions of `split` (lists may be empty on some ranks). The mask
+        (B, N), True at real tokens, comes with padded batches of different token counts; None otherwise."""
         dev = self.ctx.device
         if self.cached:
-            arr = self.caches[split_name]
+            cache = self.caches[split_name]
             for pos in positions:
                 idx = np.sort(np.asarray(pos, dtype=np.int64))
-                tokens = torch.from_numpy(np.ascontiguousarray(arr[idx])).float() if len(idx) else None
-                yield tokens, torch.from_numpy(split.labels[idx])
+                tokens, mask = cache.batch(idx) if len(idx) else (None, None)
+                yield tokens, mask, torch.from_numpy(split.labels[idx])
             return
-        ds = SampleSet(split, self._train_tf if augment else self.eval_tf, self.opt.seed, augment)
+        varies = self._varies(split_name)
+        ds = SampleSet(split, self._train_tf if augment else self.transforms[split_name], self.opt.seed, augment)
         ds.epoch = epoch
         nonempty = [p for p in positions if p]
         loader = iter(torch.utils.data.DataLoader(ds, batch_sampler=nonempty, num_workers=self.opt.workers,
-                                                  pin_memory=dev.type == "cuda"))
+                                                  pin_memory=dev.type == "cuda",
+                                                  collate_fn=_image_list if varies else None))
         for pos in positions:
             if not pos:
-                yield None, torch.zeros(0, dtype=torch.long)
+                yield None, None, torch.zeros(0, dtype=torch.long)
                 continue
             try:
                 x, y = next(loader)
             except UserError as exc:  # raised in a worker: keep the user's one line, not the worker's traceback
                 raise UserError(str(exc).strip().splitlines()[-1].removeprefix("aimv2_eval.errors.UserError: ")) from None
-            yield encode(self.backbone, x, dev, self.p["precision"]), y
+            if varies:
+                yield *pad_tokens(encode_each(self.backbone, x, dev, self.p["precision"])), y
+            else:
+                yield encode(self.backbone, x, dev, self.p["precision"]), None, y
 
     def _empty_tokens(self) -> torch.Tensor:
         n, d = self.token_shape
@@ -584,7 +824,7 @@ class _ProbeRun:
     # ------------------------------------------------------------ training
     def _build(self) -> None:
         if self.cached:
-            self.token_shape = tuple(self.caches["train"].shape[1:])
+            self.token_shape = self.caches["train"].token_shape  # training is always at one size
         else:  # one eval-transformed sample through the backbone
             x, _ = SampleSet(self.data.train, self.eval_tf, 0, False)[int(self.data.train_pos[0])]
             self.token_shape = tuple(encode(self.backbone, x[None], self.ctx.device, self.p["precision"]).shape[1:])
@@ -629,12 +869,13 @@ class _ProbeRun:
                 seen = int(resumed["seen"])
             positions = self._epoch_batches(epoch)[skip:]
             batches = self._batches("train", self.data.train, positions, not self.cached, epoch)
-            for i, (tokens, y) in enumerate(batches, start=skip):
+            for i, (tokens, mask, y) in enumerate(batches, start=skip):
                 schedule.set(epoch * steps + i)
                 tokens = self._empty_tokens() if tokens is None else tokens
                 tokens, y = tokens.to(self.ctx.device), y.to(self.ctx.device)
+                mask = None if mask is None else mask.to(self.ctx.device)
                 # DDP averages gradients over ranks: scale so that the result is the mean over the global batch.
-                per_probe = train_step(self.model, self.optim, tokens, y, clip, self.ctx.world_size / sizes[i])
+                per_probe = train_step(self.model, self.optim, tokens, y, clip, self.ctx.world_size / sizes[i], mask)
                 loss_sum += per_probe.double()
                 seen += sizes[i]
                 if bar.watched:  # reading the loss waits for the device: only when someone watches
@@ -683,11 +924,12 @@ class _ProbeRun:
         preds = torch.zeros(len(positions), g, dtype=torch.long)
         row = {int(p): r for r, p in enumerate(positions)}
         mine = sorted(shard(positions.tolist(), self.ctx))  # sorted: the order cached batches come in
-        bs = self.p["batch_size"]
+        bs = self._eval_batch_size(split_name)
         batches = [mine[i : i + bs] for i in range(0, len(mine), bs)]
         start = time.perf_counter()
-        for pos, (tokens, y) in zip(batches, self._batches(split_name, split, batches, False)):
-            logits = self.grid(tokens.to(self.ctx.device)).float().cpu()
+        for pos, (tokens, mask, y) in zip(batches, self._batches(split_name, split, batches, False)):
+            mask = None if mask is None else mask.to(self.ctx.device)
+            logits = self.grid(tokens.to(self.ctx.device), mask).float().cpu()
             counts += topk_correct(logits, y, ks).double()
             preds[[row[p] for p in pos]] = logits.argmax(-1) + 1
             loss += F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, g), reduction="none").sum(0).double()
