@@ -108,7 +108,9 @@ class Preprocessor(nn.Module):
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
         x, grid = self.patchifier(images)
-        return x + self.position_embedding(grid, x.device).to(x.dtype), grid
+        # Positions in the model's dtype, not the activations': under autocast, bf16 patches + fp32 positions give an
+        # fp32 residual stream, as in Apple's and timm's models.
+        return x + self.position_embedding(grid, x.device).to(self.patchifier.proj.weight.dtype), grid
 
 
 class Trunk(nn.Module):

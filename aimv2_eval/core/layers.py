@@ -15,14 +15,23 @@ def swiglu_hidden_dim(dim: int, multiple_of: int = 256) -> int:
 
 
 class RMSNorm(nn.Module):
+    """`torch.nn.RMSNorm`, the layer of Apple's released code (ml-aim `aim/v2/torch/layers.py`) and of timm's AIMv2:
+    the same outputs under CPU and CUDA autocast, without torch's "Mismatch dtype" warning on the CPU."""
+
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same dtype for input and weight keeps the fused kernel under autocast (bf16 activations).
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+        if x.dtype == self.weight.dtype or x.device.type != "cpu":
+            # CUDA autocast itself runs rms_norm in fp32, so input and weight meet in one dtype there.
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # CPU autocast leaves rms_norm alone, so a bf16 input meets the fp32 weight: torch then warns and falls back
+        # to computing in the promoted dtype and rounding to the input's. The same values, on torch's fused path.
+        # (Casting the weight to bf16 instead would round it, and the product, differently: another model.)
+        dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        return F.rms_norm(x.to(dtype), (x.shape[-1],), self.weight.to(dtype), self.eps).to(x.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -35,6 +44,9 @@ class SwiGLU(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under autocast fc1 and fc3 would each cast the same fp32 input to the low dtype: cast it once (same values).
+        if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
 
 
