@@ -162,12 +162,9 @@ def registry_backbone(
             return _aimv2_name("ViT-L", _WINDOW_TO_RES.get(window.group(1) if window else "16", ""))
         return _DETECTION_VIT_L.get(name)
     if table == "5":
-        # Sec. 4.1: the 12B-sample AIMv2 row is AIMv2-L (ml-aim's LiT release, 77.0). The rows without LiT print no
-        # architecture, but their numbers are open_clip's own measurements (docs/openclip_results.csv) of OpenAI
-        # CLIP ViT-L/14 224px (75.54) and SigLIP ViT-L/16 256px webli (80.45). Cap and CapPa keep their labels.
-        if name == "AIMv2":
-            return _aimv2_name("ViT-L", "224") if pretrain_samples == "12B" else None
-        return {"OAI CLIP": "openai-clip-vit-l-14", "SigLIP": "siglip-vit-l-16"}.get(name)
+        # Sec. 4.1: the 12B-sample AIMv2 row is AIMv2-L (ml-aim's LiT release, 77.0). The other rows print no
+        # architecture, so they keep their paper labels.
+        return _aimv2_name("ViT-L", "224") if name == "AIMv2" and pretrain_samples == "12B" else None
     if name in {"AIMv2", "AIMv2-L"}:
         # Table 7 states 336px for all AIMv2 rows; Table 8 states no resolution: the 224px release.
         return _aimv2_name(arch or "ViT-L", resolution or "224")
@@ -186,8 +183,8 @@ def task_name(table: str, benchmark: str, setting: str) -> str:
     """Task registry name (or a descriptive snake_case name where the project has no such task yet)."""
     if table in {"3", "B2"}:
         return PROBE_TASKS[benchmark]
-    if table == "5":  # rows without LiT pairs: zero-shot with the model's own text tower
-        return "imagenet_zeroshot_pretrained" if setting == "LiT pairs=-" else "imagenet_zeroshot"
+    if table == "5":
+        return "imagenet_zeroshot"
     if table == "6":
         test = setting.removeprefix("test resolution=")
         return "imagenet_probe_test_native" if test == "native" else f"imagenet_probe_test{test.split('x')[0]}"
