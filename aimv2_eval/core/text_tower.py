@@ -28,30 +28,34 @@ from aimv2_eval.core.decoder import DecoderConfig
 from aimv2_eval.core.encoder import EncoderConfig
 from aimv2_eval.core.layers import Block, RMSNorm, swiglu_hidden_dim
 from aimv2_eval.core.objective import clip_loss, text_mask
+from aimv2_eval.errors import UserError
 
 INIT_TEMPERATURE = 0.07  # CLIP (Radford et al. 2021); ml-aim AIMv2LiT init_temperature
 MAX_LOGIT_SCALE = 100.0  # CLIP; ml-aim AIMv2LiT max_logit_scale
 
 
 class TextPreprocessor(nn.Module):
-    def __init__(self, cfg: DecoderConfig) -> None:
+    """Token + learned position embeddings; module names as Apple's text tower (also used by text/aimv2.py)."""
+
+    def __init__(self, vocab_size: int, width: int, context_length: int) -> None:
         super().__init__()
-        self.text_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.positional_embedding = nn.Parameter(torch.zeros(cfg.max_text_len, cfg.width))
+        self.text_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.zeros(context_length, width))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
         if n > self.positional_embedding.shape[0]:
-            raise ValueError(f"text of {n} tokens exceeds the text tower's {self.positional_embedding.shape[0]}")
+            raise UserError(f"captions of {n} tokens exceed the text tower's context of {self.positional_embedding.shape[0]}")
         return self.text_embedding(ids) + self.positional_embedding[:n]
 
 
 class TextTrunk(nn.Module):
-    def __init__(self, cfg: DecoderConfig) -> None:
+    """The text tower's blocks and final norm (also used by text/aimv2.py)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_hidden: int, depth: int, norm_eps: float) -> None:
         super().__init__()
-        hidden = swiglu_hidden_dim(cfg.width)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.num_heads, hidden, cfg.norm_eps) for _ in range(cfg.depth))
-        self.post_trunk_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_hidden, norm_eps) for _ in range(depth))
+        self.post_trunk_norm = RMSNorm(width, norm_eps)
 
 
 class TextTower(nn.Module):
@@ -60,8 +64,8 @@ class TextTower(nn.Module):
     def __init__(self, cfg: DecoderConfig, eot_id: int) -> None:
         super().__init__()
         self.eot_id = eot_id
-        self.preprocessor = TextPreprocessor(cfg)
-        self.trunk = TextTrunk(cfg)
+        self.preprocessor = TextPreprocessor(cfg.vocab_size, cfg.width, cfg.max_text_len)
+        self.trunk = TextTrunk(cfg.width, cfg.num_heads, swiglu_hidden_dim(cfg.width), cfg.depth, cfg.norm_eps)
         self.init_weights()
 
     @torch.no_grad()

@@ -18,7 +18,7 @@ from torch import nn
 
 from aimv2_eval.backbones.base import load_state_strict, weights_checksum
 from aimv2_eval.core.checkpoints import from_apple, read_weights, to_apple
-from aimv2_eval.core.layers import Block, RMSNorm
+from aimv2_eval.core.text_tower import TextPreprocessor, TextTrunk
 from aimv2_eval.data.tokenizer import CONTEXT_LENGTH, ClipTokenizer, Tokenizer
 from aimv2_eval.errors import UserError
 from aimv2_eval.text.base import Batch, TextEncoder, TextEncoderSpec, TextMeta, TextOutput, first_eot, register
@@ -54,26 +54,6 @@ class TextConfig:
                 "rms_norm_eps": self.norm_eps}
 
 
-class TextPreprocessor(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
-        super().__init__()
-        self.text_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.width))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        n = ids.shape[1]
-        if n > self.positional_embedding.shape[0]:
-            raise UserError(f"captions of {n} tokens exceed the text tower's context of {self.positional_embedding.shape[0]}")
-        return self.text_embedding(ids) + self.positional_embedding[:n]
-
-
-class TextTrunk(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.num_heads, cfg.mlp_hidden, cfg.norm_eps) for _ in range(cfg.depth))
-        self.post_trunk_norm = RMSNorm(cfg.width, cfg.norm_eps)
-
-
 class AIMv2TextEncoder(TextEncoder):
     """Causal transformer over caption tokens, pooled at the first end-of-text token."""
 
@@ -84,8 +64,8 @@ class AIMv2TextEncoder(TextEncoder):
         self.meta = TextMeta(name, "aimv2", cfg.width, cfg.width, cfg.context_length)
         self.weights_id = weights_id
         self.tokenizer = tokenizer
-        self.preprocessor = TextPreprocessor(cfg)
-        self.trunk = TextTrunk(cfg)
+        self.preprocessor = TextPreprocessor(cfg.vocab_size, cfg.width, cfg.context_length)
+        self.trunk = TextTrunk(cfg.width, cfg.num_heads, cfg.mlp_hidden, cfg.depth, cfg.norm_eps)
         self.init_weights()
 
     @torch.no_grad()
